@@ -1,0 +1,160 @@
+"""The C++ sampling core (CPU build) against the PyTorch reference and the golden vectors.
+
+The core is the arithmetic of the TensorRT plugin, so agreement here is the plugin's numerical
+test on a machine without a GPU. Decisions whose reference margin is below 1e-6 are near-ties
+(DESIGN.md section 2, step 5): they may flip, are counted and printed, and must stay rare.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tscli.errors import InputError, UsageError  # noqa: E402
+from tscli.models.ops import SCHEME_CODES, ats_sample_reference  # noqa: E402
+from tscli.models.sampling import SCHEMES, ats_pick, slot_indices  # noqa: E402
+from tscli.plugins.core import ats_sample_cpu, ats_sample_cpu_with_margin, build_cpu_library  # noqa: E402
+
+GOLDEN = Path("/work/shared/testdata/ats_pick_vectors.json")
+NS = (1, 2, 3, 9, 48, 120, 196)
+KS = (1, 3, 9, 48, 96, 120, 196)
+PER_CELL = 110  # 7 N x 7 K x 2 schemes x 110 = 10,780 score vectors
+NEAR_TIE = 1e-6
+KINDS = ("uniform", "heavy", "ties", "equal", "dominant", "zero", "one_valid", "cubed", "tiny")
+
+
+def _golden_path() -> Path:
+    here = Path(__file__).resolve().parents[1] / "testdata" / GOLDEN.name
+    return here if here.exists() else GOLDEN
+
+
+def _scores(kind: str, rng: np.random.Generator, b: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """One family of score vectors [b, n] and a validity mask; every family hits one edge."""
+    valid = rng.random((b, n)) >= rng.random((b, 1)) * 0.6  # 0-60 % of the tokens masked
+    if kind == "uniform":
+        s = rng.random((b, n))
+    elif kind == "heavy":  # Pareto(1): a few tokens hold most of the mass
+        s = rng.pareto(1.0, (b, n))
+    elif kind == "ties":  # few distinct, exactly representable values: the stable rank decides
+        s = rng.integers(0, 5, (b, n)) / 4.0
+    elif kind == "equal":
+        s = np.full((b, n), 0.25)
+    elif kind == "dominant":
+        s = rng.random((b, n)) * 1e-3
+        s[np.arange(b), rng.integers(0, n, b)] = 1.0
+    elif kind == "zero":  # the uniform fallback
+        s = np.zeros((b, n))
+    elif kind == "one_valid":
+        s = rng.random((b, n))
+        valid = np.zeros((b, n), dtype=bool)
+        valid[np.arange(b), rng.integers(0, n, b)] = True
+    elif kind == "cubed":
+        s = rng.exponential(size=(b, n)) ** 3
+    else:  # "tiny": small magnitudes, subnormal-adjacent sums
+        s = rng.random((b, n)) * 1e-30
+    return s.astype(np.float32), valid
+
+
+def _cell(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    parts = [_scores(kind, rng, PER_CELL // len(KINDS) + 1, n) for kind in KINDS]
+    s = np.concatenate([p[0] for p in parts])[:PER_CELL]
+    v = np.concatenate([p[1] for p in parts])[:PER_CELL]
+    return s, v
+
+
+def test_random_and_adversarial_vectors_match_reference() -> None:
+    rng = np.random.default_rng(20240605)
+    total = mismatches = near_ties = 0
+    worst_real: list[str] = []
+    for scheme in SCHEMES:
+        for n in NS:
+            for k in KS:
+                s, v = _cell(rng, n)
+                keep, margin = ats_pick(torch.from_numpy(s), torch.from_numpy(v), torch.empty(k), scheme)
+                ref_index, ref_mask = slot_indices(keep, torch.empty(k))
+                index, mask = ats_sample_cpu(s, v, k, scheme)
+                same = (ref_index.numpy() == index).all(axis=1) & (ref_mask.numpy() == mask).all(axis=1)
+                bad = ~same
+                near = bad & (margin.numpy() < NEAR_TIE)
+                total += len(s)
+                mismatches += int(bad.sum())
+                near_ties += int(near.sum())
+                worst_real += [f"{scheme} N={n} K={k} row={r}" for r in np.flatnonzero(bad & ~near)]
+    print(f"core vs reference: {total} vectors, {mismatches} differ, {near_ties} of them near-ties (<{NEAR_TIE})")
+    assert total >= 10_000
+    assert not worst_real, f"real mismatches (margin >= {NEAR_TIE}): {worst_real[:10]}"
+    assert near_ties <= total * 1e-3
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_contract_of_reference_op(scheme: str) -> None:
+    """Same numbers through the op-level reference (int32 index, bool mask, CLS in slot 0)."""
+    rng = np.random.default_rng(7)
+    s = rng.random((64, 48)).astype(np.float32)
+    v = rng.random((64, 48)) > 0.3
+    ref_index, ref_mask = ats_sample_reference(torch.from_numpy(s), torch.from_numpy(v), torch.empty(24), scheme)
+    index, mask = ats_sample_cpu(s, v, 24, SCHEME_CODES[scheme])
+    assert index.dtype == np.int32 and mask.dtype == np.bool_ and index.shape == (64, 25)
+    np.testing.assert_array_equal(index, ref_index.numpy())
+    np.testing.assert_array_equal(mask, ref_mask.numpy())
+    assert (index[:, 0] == 0).all() and mask[:, 0].all()
+    assert (index[~mask] == 0).all()  # padding points at CLS
+    # kept slots: ascending positions of valid tokens, then only padding
+    for row_i, row_m, row_v in zip(index, mask, v):
+        kept = row_i[row_m][1:]
+        assert (np.diff(kept) > 0).all() and row_v[kept - 1].all()
+        assert not row_m[1 + len(kept):].any()
+
+
+def test_golden_vectors_exact() -> None:
+    path = _golden_path()
+    if not path.exists():
+        pytest.skip(f"golden vectors not found at {path}")
+    cases = json.loads(path.read_text())["cases"]
+    failures = []
+    for case in cases:
+        index, mask, margin = ats_sample_cpu_with_margin(
+            np.asarray([case["scores"]]), np.asarray([case["valid"]]), case["K"], case["scheme"])
+        kept = sorted(int(i) - 1 for i in index[0][mask[0]][1:])
+        if kept != case["kept"]:
+            failures.append(case["name"])
+        assert margin[0] == pytest.approx(case["min_margin"], abs=1e-5)
+    assert len(cases) == 82
+    assert not failures, f"golden cases that differ: {failures}"
+
+
+def test_edge_shapes_and_errors() -> None:
+    index, mask = ats_sample_cpu(np.zeros((3, 0), np.float32), np.zeros((3, 0), bool), 4, "paper")
+    assert index.shape == (3, 5) and (index == 0).all() and mask.sum() == 3  # only CLS
+    index, mask = ats_sample_cpu(np.ones((2, 5)), np.zeros((2, 5), bool), 3, "official")
+    assert mask.sum(axis=1).tolist() == [1, 1]  # nothing valid: CLS only, no NaN path
+    index, mask = ats_sample_cpu(np.full((1, 4), 7.0), np.ones((1, 4), bool), 1, "paper")
+    assert index.tolist() == [[0, 2]]  # all equal, point 0.5 hits CDF 0.5: position 1, index 2
+    with pytest.raises(UsageError):
+        ats_sample_cpu(np.ones((1, 4)), np.ones((1, 4), bool), 2, "nearest")
+    with pytest.raises(UsageError):
+        ats_sample_cpu(np.ones((1, 4)), np.ones((1, 4), bool), 0, "paper")
+    with pytest.raises(InputError):
+        ats_sample_cpu(np.ones((1, 4)), np.ones((1, 5), bool), 2, "paper")
+
+
+def test_library_cache_is_keyed_and_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TSCLI_CACHE", str(tmp_path))
+    first = build_cpu_library()
+    assert first.parent == tmp_path / "plugins" and first.stat().st_size > 0
+    assert build_cpu_library() == first  # cached: same sources -> same file
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp files left
+
+
+def test_missing_compiler_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tscli.errors import MissingDependency
+
+    monkeypatch.setenv("TSCLI_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    with pytest.raises(MissingDependency, match="no-such-compiler-xyz"):
+        build_cpu_library()
