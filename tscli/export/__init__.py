@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX: the graph contract, the exporter, the lint and post-export validation."""

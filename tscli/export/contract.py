@@ -1,0 +1,45 @@
+"""The exported graph's contract (DESIGN.md section 3): tensor names, dims and metadata keys.
+
+Shared by the exporter (writes it), the runtime (reads it, no torch/onnx needed) and the lint.
+"""
+
+from __future__ import annotations
+
+import json
+
+INPUT_IMAGES = "images"
+INPUT_K = "k_select"  # float32 [K]: only its length matters; K is chosen at load time
+DIM_BATCH = "batch"
+DIM_K = "K"
+
+OUTPUT_LOGITS = "logits"
+OUTPUT_COUNTS = "kept_counts"  # int64 [B, stages]: K' + 1 per stage (CLS included)
+OUTPUT_POSITIONS = "kept_positions"  # int64 [B, stages, K+1]: original token positions, -1 = padding
+
+PLUGIN_DOMAIN = "tscli"
+SAMPLE_OP = "ATSSample"
+PLUGIN_VERSION = "1"
+
+META_PREFIX = "tscli."
+# Keys written into metadata_props (values JSON-encoded); the runtime reads them back.
+META_KEYS = (
+    "tool_version", "model", "family", "max_k", "stages", "scheme", "mode", "form", "input_size",
+    "patch_size", "mean", "std", "crop_pct", "interpolation", "num_classes", "labels", "opset",
+    "weights", "dense_name", "embed_dim", "depth", "num_heads",
+)
+
+
+def encode_metadata(values: dict) -> dict[str, str]:
+    return {META_PREFIX + k: json.dumps(v) for k, v in values.items()}
+
+
+def decode_metadata(props: dict[str, str]) -> dict:
+    """metadata_props (or ORT's custom_metadata_map) -> dict; keys without our prefix are ignored."""
+    out = {}
+    for key, raw in props.items():
+        if key.startswith(META_PREFIX):
+            try:
+                out[key[len(META_PREFIX):]] = json.loads(raw)
+            except json.JSONDecodeError:
+                out[key[len(META_PREFIX):]] = raw
+    return out

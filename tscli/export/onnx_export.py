@@ -1,0 +1,159 @@
+"""``tscli export``: registry model -> one ONNX file following export/contract.py.
+
+Padded (static) graphs: K is the length of the ``k_select`` input, a named dynamic dim bounded
+by max_k, so one file serves every 1 <= K <= max_k. Batch is dynamic. The file is written to a
+temporary name, checked (onnx.checker full check, lint, ORT-vs-PyTorch validation) and only then
+renamed into place: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import torch
+
+from .. import __version__
+from ..errors import TscliError, UsageError
+from ..models.ats import ExportWrapper
+from ..models.build import BuiltModel, build_model
+from ..models.registry import get_config, parse_stages
+from ..models.sampling import SCHEMES
+from . import contract as C
+from .functions import to_plain_form, to_plugin_form, translation_table
+from .lint import LintReport, lint_model
+
+FORMS = ("plain", "plugin")
+MIN_OPSET = 17
+
+
+@dataclass
+class ExportOptions:
+    model: str
+    max_k: int | None = None
+    output: str | None = None
+    checkpoint: str | None = None
+    stages: str | None = None
+    scheme: str = "paper"
+    opset: int = 18
+    form: str = "plain"
+    seed: int = 0
+    validate: bool = True
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: dict
+    lint: LintReport
+    validation: object | None  # export.validate.ParityReport
+
+
+def resolve_options(opts: ExportOptions):
+    """Check every option against the model before any work is done."""
+    cfg = get_config(opts.model)
+    overrides = {}
+    if opts.stages is not None:
+        if cfg.family != "ats":
+            raise UsageError(f"--stages applies to ATS models; {opts.model!r} is {cfg.family}")
+        overrides["stages"] = parse_stages(opts.stages, cfg.depth)
+    if opts.scheme not in SCHEMES:
+        raise UsageError(f"unknown --sampling {opts.scheme!r}; valid: {', '.join(SCHEMES)}")
+    overrides["scheme"] = opts.scheme
+    if opts.form not in FORMS:
+        raise UsageError(f"unknown --form {opts.form!r}; valid: {', '.join(FORMS)}")
+    if opts.opset < MIN_OPSET:
+        raise UsageError(f"--opset {opts.opset} is too old; need >= {MIN_OPSET} (LayerNormalization)")
+    cfg = get_config(opts.model, **overrides)
+    max_k = opts.max_k
+    if cfg.family == "ats":
+        max_k = cfg.max_k_limit if max_k is None else max_k
+        if not 1 <= max_k <= cfg.max_k_limit:
+            raise UsageError(f"--max-k {max_k} is out of range for {cfg.name}; valid: 1..{cfg.max_k_limit}")
+    elif max_k is not None:
+        raise UsageError(f"--max-k applies to ATS models; {cfg.name!r} is {cfg.family}")
+    return cfg, max_k
+
+
+def metadata_for(built: BuiltModel, max_k: int | None, opts: ExportOptions) -> dict:
+    cfg = built.config
+    return {
+        "tool_version": __version__, "model": cfg.name, "family": cfg.family, "max_k": max_k,
+        "stages": list(cfg.stages), "scheme": cfg.scheme if cfg.family == "ats" else None, "mode": "padded",
+        "form": opts.form, "input_size": [3, cfg.img_size, cfg.img_size], "patch_size": cfg.patch_size,
+        "mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
+        "num_classes": cfg.num_classes, "labels": cfg.labels, "opset": opts.opset, "weights": built.weights,
+        "dense_name": cfg.dense_name, "embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
+    }
+
+
+def _torch_export(built: BuiltModel, max_k: int | None, opset: int) -> onnx.ModelProto:
+    cfg = built.config
+    images = torch.randn(2, 3, cfg.img_size, cfg.img_size)
+    batch = torch.export.Dim(C.DIM_BATCH, min=1, max=4096)
+    if cfg.family == "ats":
+        module = ExportWrapper(built.module.configure(use_custom_op=True)).eval()
+        example = (images, torch.zeros(min(max_k, 4) if max_k > 1 else 1))
+        k_dim = torch.export.Dim(C.DIM_K, min=1, max=max_k) if max_k > 1 else None
+        dynamic = {"images": {0: batch}, "k_select": {0: k_dim} if k_dim else {}}
+        names = ([C.INPUT_IMAGES, C.INPUT_K], [C.OUTPUT_LOGITS, C.OUTPUT_COUNTS, C.OUTPUT_POSITIONS])
+    else:
+        module, example = built.module, (images,)
+        dynamic = {"x": {0: batch}}
+        names = ([C.INPUT_IMAGES], [C.OUTPUT_LOGITS])
+    try:
+        # The exporter prints progress and a long report of its own; keep the user's terminal clean.
+        with contextlib.redirect_stdout(io.StringIO()):
+            prog = torch.onnx.export(
+                module, example, dynamo=True, external_data=False, opset_version=opset, verbose=False,
+                input_names=names[0], output_names=names[1], dynamic_shapes=dynamic,
+                custom_translation_table=translation_table(),
+            )
+    finally:
+        if cfg.family == "ats":
+            built.module.configure(use_custom_op=False)
+    return prog.model_proto
+
+
+def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda msg: None) -> ExportResult:
+    cfg, max_k = resolve_options(opts)
+    out = Path(opts.output or f"{cfg.name}.onnx")
+    if out.parent and not out.parent.exists():
+        raise UsageError(f"output folder {str(out.parent)!r} does not exist")
+    progress(f"building {cfg.name} ({'checkpoint' if opts.checkpoint else 'random weights'})")
+    built = build_model(cfg, checkpoint=opts.checkpoint, seed=opts.seed)
+    progress("tracing and converting to ONNX")
+    model = _torch_export(built, max_k, opts.opset)
+    if cfg.family == "ats":
+        model = (to_plugin_form if opts.form == "plugin" else to_plain_form)(model, cfg.scheme, opts.opset)
+    meta = metadata_for(built, max_k, opts)
+    for key, value in C.encode_metadata(meta).items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name, model.producer_version = "tscli", __version__
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent or "."))
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        progress("checking (onnx.checker full check, lint)")
+        onnx.checker.check_model(tmp, full_check=True)
+        lint = lint_model(onnx.load(tmp))
+        if not lint.ok:
+            raise TscliError(f"exported graph failed the lint: {lint.first_error()}")
+        report = None
+        if opts.validate and cfg.family == "ats":
+            from .validate import validate_export
+
+            progress("validating ONNX Runtime against PyTorch")
+            report = validate_export(tmp, built, meta)
+            report.raise_if_failed()
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return ExportResult(out, meta, lint, report)

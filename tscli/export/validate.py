@@ -1,0 +1,134 @@
+"""Compare a backend (ONNX Runtime by default) with the PyTorch model it was exported from.
+
+Used right after export and by ``tscli parity``. Per image: max |logit diff|, cosine, top-1
+agreement, per-stage kept counts and kept sets. Kept sets are discrete decisions on floats: when
+they differ and the PyTorch decision margin of that image is below NEAR_TIE, the image is
+reported as a near-tie (DESIGN.md section 2, step 5), not as a mismatch, and its logits (which
+then legitimately differ) are left out of the logit statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import CheckFailed
+from ..models.build import BuiltModel
+
+LOGIT_ATOL = 1e-4
+NEAR_TIE = 1e-6
+
+
+@dataclass
+class ParityRow:
+    k: int | None
+    execution: str
+    images: int
+    max_abs_diff: float
+    min_cosine: float
+    top1_agree: int
+    counts_agree: int
+    sets_agree: int
+    near_ties: int
+    ok: bool
+
+
+@dataclass
+class ParityReport:
+    backend: str
+    provider: str
+    tolerance: float = LOGIT_ATOL
+    rows: list[ParityRow] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "provider": self.provider, "tolerance": self.tolerance, "ok": self.ok,
+                "near_tie_margin": NEAR_TIE, "rows": [asdict(r) for r in self.rows]}
+
+    def raise_if_failed(self) -> None:
+        bad = [r for r in self.rows if not r.ok]
+        if bad:
+            r = bad[0]
+            raise CheckFailed(
+                f"parity failed at K={r.k} ({r.execution}): max|logit diff| {r.max_abs_diff:.2e} (tol {self.tolerance:.0e}), "
+                f"kept sets equal {r.sets_agree}/{r.images - r.near_ties}, counts equal {r.counts_agree}/{r.images}"
+            )
+
+
+def torch_reference(built: BuiltModel, images: np.ndarray, k: int | None, execution: str):
+    """-> (logits [B,C], counts [B,S], positions list per stage [B, *], margins [B])."""
+    model = built.module
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        if built.config.family != "ats":
+            return model(x).numpy(), None, None, np.full(len(images), np.inf)
+        model.configure(execution=execution, record_margin=True)
+        try:
+            logits, records = model.forward_with_records(x, torch.zeros(k))
+        finally:
+            model.configure(execution="padded", record_margin=False)
+    counts = torch.stack([r.counts for r in records], 1).numpy()
+    positions = [r.positions.numpy() for r in records]
+    margins = torch.stack([r.margin for r in records], 1).amin(1).numpy()
+    return logits.numpy(), counts, positions, margins
+
+
+def _kept_sets(positions_per_stage, i: int) -> list[frozenset]:
+    return [frozenset(int(p) for p in stage[i] if p >= 0) for stage in positions_per_stage]
+
+
+def compare(ref, got: dict, k: int | None, execution: str, tol: float = LOGIT_ATOL) -> ParityRow:
+    logits_r, counts_r, pos_r, margins = ref
+    logits_g = got["logits"]
+    n = len(logits_r)
+    diffs, cosines, top1, counts_ok, sets_ok, near = [], [], 0, 0, 0, 0
+    for i in range(n):
+        same_sets = True
+        if counts_r is not None:
+            pos_g = [got["kept_positions"][i : i + 1, s] for s in range(got["kept_positions"].shape[1])]
+            same_sets = _kept_sets(pos_r, i) == _kept_sets(pos_g, 0)
+            counts_ok += int(np.array_equal(counts_r[i], got["kept_counts"][i]))
+        if not same_sets and margins[i] < NEAR_TIE:
+            near += 1
+            continue
+        sets_ok += int(same_sets)
+        a, b = logits_r[i].astype(np.float64), logits_g[i].astype(np.float64)
+        diffs.append(float(np.abs(a - b).max()))
+        cosines.append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30)))
+        top1 += int(a.argmax() == b.argmax())
+    max_diff = max(diffs) if diffs else 0.0
+    checked = n - near
+    ok = max_diff <= tol and sets_ok == checked and (counts_r is None or counts_ok >= checked)
+    return ParityRow(k, execution, n, max_diff, min(cosines) if cosines else 1.0, top1, counts_ok, sets_ok, near, ok)
+
+
+def run_parity(runner_factory, built: BuiltModel, images: np.ndarray, ks: list[int | None],
+               executions=("padded", "trimmed"), tol: float = LOGIT_ATOL) -> ParityReport:
+    """runner_factory(k) -> a tscli.runtime Runner; images: preprocessed float32 NCHW."""
+    report = None
+    for k in ks:
+        runner = runner_factory(k)
+        if report is None:
+            report = ParityReport(runner.backend_name, runner.provider, tol)
+        got = runner.infer(images)
+        for execution in executions if built.config.family == "ats" else ("dense",):
+            ref = torch_reference(built, images, k, "padded" if execution == "dense" else execution)
+            report.rows.append(compare(ref, got, k, execution, tol))
+    return report
+
+
+def validate_export(path: str, built: BuiltModel, meta: dict, batch: int = 2, seed: int = 0) -> ParityReport:
+    """The check ``tscli export`` runs before the file is renamed into place."""
+    from ..runtime import load
+
+    cfg = built.config
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, 3, cfg.img_size, cfg.img_size)).astype(np.float32)
+    max_k = meta["max_k"]
+    ks = sorted({max_k, max(1, max_k // 2)}, reverse=True)
+    return run_parity(lambda k: load(path, k=k), built, images, ks)

@@ -1,0 +1,189 @@
+"""ATS on timm's VisionTransformer: the block class is swapped, timm itself is not forked.
+
+Tokens travel between blocks as a TokenState: the tokens, a validity mask over the slots and the
+original position of each slot (CLS = 0, patch p = p + 1). Before the first ATS stage all slots
+are valid; each ATS stage emits K + 1 slots (CLS, K' kept tokens in ascending original order,
+then padding with mask 0). Padding copies the CLS token, so it stays finite, and it is excluded
+exactly (an additive -inf key bias), so it never changes a valid output.
+
+Two executions: ``padded`` keeps K + 1 slots (static shapes, what TensorRT needs); ``trimmed``
+cuts the slots to the batch maximum of K' + 1 after each stage (the released code's
+drop_tokens). They give the same logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor
+
+from . import ops
+from .sampling import ats_pick
+
+EXECUTIONS = ("padded", "trimmed")
+
+
+@dataclass
+class TokenState:
+    x: Tensor  # [B, T, D]
+    mask: Tensor | None = None  # [B, T] bool; None = all valid
+    positions: Tensor | None = None  # [B, T] int64 original token positions; None = identity
+
+
+@dataclass
+class StageRecord:
+    """What one ATS stage decided, for parity tools and the exported count/index outputs."""
+
+    counts: Tensor  # [B] K' + 1 (CLS included)
+    positions: Tensor  # [B, K+1] original positions, -1 for padding
+    margin: Tensor | None = None  # [B] smallest decision margin (reference runs only)
+
+
+def key_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """[B, 1, 1, T] additive bias: 0 for valid keys, -inf for padding (exactly zero weight)."""
+    if mask is None:
+        return None
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, torch.full_like(zero, float("-inf")))[:, None, None, :]
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None) -> Tensor:
+    """softmax(q k^T * scale + bias) v for q [B,H,Q,d], k/v [B,H,T,d] -> [B,H,Q,d]."""
+    logits = torch.matmul(q * scale, k.transpose(-2, -1))
+    if bias is not None:
+        logits = logits + bias
+    return torch.matmul(logits.softmax(dim=-1), v)
+
+
+def gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, T, ...] rows at index [B, S] -> [B, S, ...]."""
+    idx = index.long().reshape(index.shape + (1,) * (x.dim() - 2)).expand(index.shape + x.shape[2:])
+    return torch.gather(x, 1, idx)
+
+
+class TokenSamplingBlock(Block):
+    """A timm Block (same parameter names, so timm/DeiT checkpoints load) that understands
+    TokenState and, when ``sampling`` is set, performs the ATS stage.
+
+    Only the attention rows that are kept are computed: the CLS row first (to score), then the
+    rows of the K + 1 output slots. The other query rows are never needed.
+    """
+
+    sampling: bool = False
+    scheme: str = "paper"
+    execution: str = "padded"
+    use_custom_op: bool = False  # True while exporting: sampling becomes one ONNX node
+    record_margin: bool = False
+
+    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        attn = self.attn
+        b, t, d = x.shape
+        qkv = attn.qkv(self.norm1(x)).reshape(b, t, 3, attn.num_heads, d // attn.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return attn.q_norm(q), attn.k_norm(k), v
+
+    def finish(self, x_in: Tensor, o: Tensor) -> Tensor:
+        """Merge heads, proj, residual, MLP: the rest of a standard pre-norm block."""
+        b, h, s, d = o.shape
+        o = self.attn.proj(self.attn.norm(o.transpose(1, 2).reshape(b, s, h * d)))
+        x = x_in + self.drop_path1(self.ls1(o))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    def forward(self, state: TokenState, k_like: Tensor | None = None, records: list | None = None) -> TokenState:
+        q, k, v = self.qkv_heads(state.x)
+        bias = key_bias(state.mask, q.dtype)
+        if not self.sampling:
+            o = attend(q, k, v, self.attn.scale, bias)
+            return TokenState(self.finish(state.x, o), state.mask, state.positions)
+        return self.sample_stage(state, q, k, v, bias, k_like, records)
+
+    def sample_stage(self, state, q, k, v, bias, k_like, records) -> TokenState:
+        b, t, d = state.x.shape
+        mask = state.mask if state.mask is not None else torch.ones(b, t, dtype=torch.bool, device=q.device)
+        # Step 2: s_j = (sum_h A[h, 0, j]) * ||v_j||, over candidates j >= 1.
+        cls_row = (torch.matmul(q[:, :, :1] * self.attn.scale, k.transpose(-2, -1)))
+        if bias is not None:
+            cls_row = cls_row + bias
+        cls_attn = cls_row.softmax(dim=-1).sum(dim=1)[:, 0, 1:]  # [B, T-1]
+        v_norm = v.transpose(1, 2).reshape(b, t, d).norm(dim=-1)[:, 1:]
+        scores = cls_attn * v_norm
+        valid = mask[:, 1:]
+        if self.use_custom_op:
+            index, slot_mask = torch.ops.tscli.ats_sample(scores, valid, k_like, self.scheme)
+            margin = None
+        else:
+            index, slot_mask = ops.ats_sample_reference(scores, valid, k_like, self.scheme)
+            margin = ats_pick(scores, valid, k_like, self.scheme)[1] if self.record_margin else None
+        index = index.long()
+        o = attend(gather_rows(q.transpose(1, 2), index).transpose(1, 2), k, v, self.attn.scale, bias)
+        x = self.finish(gather_rows(state.x, index), o)
+        positions = index if state.positions is None else torch.gather(state.positions, 1, index)
+        if records is not None:
+            records.append(
+                StageRecord(slot_mask.sum(dim=1), torch.where(slot_mask, positions, torch.full_like(positions, -1)), margin)
+            )
+        if self.execution == "trimmed":
+            width = int(slot_mask.sum(dim=1).max())
+            x, slot_mask, positions = x[:, :width], slot_mask[:, :width], positions[:, :width]
+        return TokenState(x, slot_mask, positions)
+
+
+class ATSVisionTransformer(VisionTransformer):
+    """timm VisionTransformer whose blocks are TokenSamplingBlocks, ATS at ``stages``.
+
+    forward(images, k_like) -> logits; ``forward_with_records`` also returns what each stage kept.
+    k_like is any tensor of length K (the exported graph takes K from an input's shape).
+    """
+
+    def __init__(self, *, stages: tuple[int, ...], scheme: str = "paper", **kwargs):
+        super().__init__(block_fn=TokenSamplingBlock, **kwargs)
+        self.stages = tuple(stages)
+        for i in self.stages:
+            self.blocks[i].sampling = True
+        self.configure(scheme=scheme)
+
+    def configure(self, *, scheme: str | None = None, execution: str | None = None, use_custom_op: bool | None = None,
+                  record_margin: bool | None = None) -> "ATSVisionTransformer":
+        for blk in self.blocks:
+            if scheme is not None:
+                blk.scheme = scheme
+            if execution is not None:
+                blk.execution = execution
+            if use_custom_op is not None:
+                blk.use_custom_op = use_custom_op
+            if record_margin is not None:
+                blk.record_margin = record_margin
+        return self
+
+    def forward_with_records(self, images: Tensor, k_like: Tensor) -> tuple[Tensor, list[StageRecord]]:
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(images))))
+        state, records = TokenState(x), []
+        for blk in self.blocks:
+            state = blk(state, k_like, records)
+        x = self.norm(state.x)
+        return self.forward_head(x), records
+
+    def forward(self, images: Tensor, k_like: Tensor) -> Tensor:
+        return self.forward_with_records(images, k_like)[0]
+
+
+class ExportWrapper(torch.nn.Module):
+    """images [B,3,H,W], k_select [K] -> (logits, kept_counts [B,S], kept_positions [B,S,K+1])."""
+
+    def __init__(self, model: ATSVisionTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, k_select: Tensor):
+        logits, records = self.model.forward_with_records(images, k_select)
+        counts = torch.stack([r.counts for r in records], dim=1).to(torch.int64)
+        positions = torch.stack([r.positions for r in records], dim=1).to(torch.int64)
+        return logits, counts, positions
+
+
+def pad_positions(records: list[StageRecord], width: int) -> Tensor:
+    """Stack per-stage kept positions of a trimmed run to a common width (-1 padded)."""
+    return torch.stack([F.pad(r.positions, (0, width - r.positions.shape[1]), value=-1) for r in records], dim=1)

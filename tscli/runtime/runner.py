@@ -1,0 +1,100 @@
+"""One runner API over every backend. The model's metadata tells the runner everything it needs
+(input size, mean/std, max_k, labels); K is fixed when the runner is created."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, ModelFileError, UsageError
+from ..export import contract as C
+from .preprocess import preprocess
+
+BACKENDS = ("ort",)
+
+
+@dataclass
+class Prediction:
+    source: str
+    index: int
+    label: str
+    score: float
+    top5: list[tuple[int, str, float]] = field(default_factory=list)
+    kept_counts: list[int] = field(default_factory=list)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Runner:
+    def __init__(self, backend, k: int | None = None):
+        self.backend = backend
+        self.meta = C.decode_metadata(backend.metadata_props)
+        if "model" not in self.meta or "family" not in self.meta:
+            raise ModelFileError("this ONNX file was not exported by tscli (no tscli.* metadata); export it with `tscli export`")
+        self.k = self._check_k(k)
+        self._k_feed = None if self.k is None else np.zeros(self.k, np.float32)
+
+    def _check_k(self, k):
+        max_k = self.meta.get("max_k")
+        if C.INPUT_K not in self.backend.input_names:
+            if k is not None and max_k is None:
+                raise UsageError(f"K={k} given, but {self.meta['model']} ({self.meta['family']}) has no K to choose")
+            return None
+        k = max_k if k is None else k
+        if not isinstance(k, (int, np.integer)) or not 1 <= k <= max_k:
+            raise UsageError(f"K={k!r} is out of range for this file; valid: 1..{max_k} (max_k chosen at export)")
+        return int(k)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def provider(self) -> str:
+        return self.backend.provider
+
+    @property
+    def label_names(self) -> list[str] | None:
+        names = self.meta.get("label_names")
+        return names if isinstance(names, list) else None
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Preprocessed float32 [B, 3, H, W] -> dict of outputs (logits, kept_counts, kept_positions)."""
+        expected = tuple(self.meta["input_size"])
+        if not isinstance(x, np.ndarray) or x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            got = getattr(x, "shape", type(x).__name__)
+            raise InputError(f"input must be a float32 array [B, {', '.join(map(str, expected))}]; got {got}")
+        feeds = {C.INPUT_IMAGES: np.ascontiguousarray(x, dtype=np.float32)}
+        if self._k_feed is not None:
+            feeds[C.INPUT_K] = self._k_feed
+        out = self.backend.run(feeds)
+        if C.OUTPUT_COUNTS not in out:
+            out[C.OUTPUT_COUNTS] = np.zeros((x.shape[0], 0), np.int64)
+        return out
+
+    def predict(self, images, topk: int = 5) -> list[Prediction]:
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        out = self.infer(preprocess(images, self.meta))
+        probs = _softmax(out[C.OUTPUT_LOGITS].astype(np.float64))
+        names = self.label_names
+        preds = []
+        for i, image in enumerate(images):
+            order = np.argsort(-probs[i], kind="stable")[:topk]
+            top = [(int(j), names[j] if names else str(int(j)), float(probs[i, j])) for j in order]
+            source = str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__} #{i}>"
+            preds.append(Prediction(source, top[0][0], top[0][1], top[0][2], top, out[C.OUTPUT_COUNTS][i].tolist()))
+        return preds
+
+
+def load(path: str | Path, k: int | str | None = None, backend: str = "ort", threads: int | None = None) -> Runner:
+    """Open an exported model. k=None means max_k. backend: one of BACKENDS."""
+    if backend == "ort":
+        from .ort_backend import OrtBackend
+
+        return Runner(OrtBackend(path, threads=threads), k)
+    raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
