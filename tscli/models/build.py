@@ -39,3 +39,26 @@ def build_model(cfg: ViTConfig, checkpoint: str | None = None, seed: int = 0) ->
         weights = "sha256:" + load_into(module, checkpoint, cfg.name)
     module.eval()
     return BuiltModel(cfg, module, weights)
+
+
+def build_from_metadata(meta: dict, checkpoint: str | None = None) -> BuiltModel:
+    """Rebuild the PyTorch model an exported file came from (for parity checks)."""
+    from ..errors import CheckpointError
+    from .registry import get_config
+
+    overrides = {}
+    if meta.get("family") == "ats":
+        overrides = {"stages": tuple(meta["stages"]), "scheme": meta["scheme"]}
+    cfg = get_config(meta["model"], **overrides)
+    weights = str(meta.get("weights", "random(seed=0)"))
+    if weights.startswith("random(seed="):
+        if checkpoint:
+            raise CheckpointError(f"this file was exported with random weights ({weights}); drop --checkpoint")
+        return build_model(cfg, seed=int(weights[len("random(seed="):-1]))
+    if not checkpoint:
+        raise CheckpointError(f"this file was exported from a checkpoint ({weights[:19]}...); pass it with --checkpoint")
+    built = build_model(cfg, checkpoint=checkpoint)
+    if built.weights != weights:
+        raise CheckpointError(f"checkpoint {checkpoint!r} is not the one this file was exported from "
+                              f"(sha256 {built.weights[7:19]}... vs {weights[7:19]}...)")
+    return built

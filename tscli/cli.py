@@ -1,0 +1,212 @@
+"""tscli command line: thin typer commands over the library.
+
+Every TscliError becomes one line on stderr and a non-zero exit; tracebacks only with --debug.
+Heavy packages (torch, timm, onnx) are imported inside the commands that need them, so `run`
+and `inspect` work on a deploy host that has only the runtime installed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import TscliError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Export token-sampling ViTs (ATS) to ONNX / TensorRT and run them with a per-device K.")
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")):
+    _state["debug"] = debug
+
+
+def _status(message: str):
+    return err.status(message, spinner="dots")
+
+
+def _parse_ks(values: Optional[List[str]]) -> list[int] | None:
+    if not values:
+        return None
+    ks = []
+    for value in values:
+        for part in str(value).split(","):
+            try:
+                ks.append(int(part))
+            except ValueError:
+                raise UsageError(f"bad K {part!r}; give integers like --k 48 --k 96 or --k 48,96") from None
+    return ks
+
+
+@app.command("list")
+def list_cmd(family: Optional[str] = typer.Option(None, help="Only this family (ats, dense).")):
+    """List the registered model variants."""
+    from .models.registry import get_config, list_models
+
+    table = Table("model", "family", "dim/depth/heads", "input", "stages", "description")
+    for name in list_models(family):
+        c = get_config(name)
+        stages = f"{c.stages[0]}-{c.stages[-1]}" if c.stages else "-"
+        table.add_row(name, c.family, f"{c.embed_dim}/{c.depth}/{c.num_heads}", f"{c.img_size}/{c.patch_size}", stages,
+                      c.description)
+    out.print(table)
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="Registered model name (see `tscli list`)."),
+    max_k: Optional[int] = typer.Option(None, "--max-k", help="Largest K the file will accept (ATS). Default: all patches."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (default: MODEL.onnx)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="timm/DeiT state_dict (.pth/.bin/.safetensors)."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="ATS blocks, e.g. 3-11 (default) or 3,6,9."),
+    sampling: str = typer.Option("paper", "--sampling", help="Sampling points: paper | official."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
+    form: str = typer.Option("plain", "--form", help="plain (standard ops only) | plugin (tscli.ATSSample nodes for the TensorRT plugin)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights when no checkpoint is given."),
+    no_validate: bool = typer.Option(False, "--no-validate", help="Skip the ONNX Runtime vs PyTorch check."),
+):
+    """Export a model to one ONNX file (dynamic batch, K chosen at load time), then check it."""
+    from .export.onnx_export import ExportOptions, export_onnx
+
+    opts = ExportOptions(model, max_k, str(output) if output else None, str(checkpoint) if checkpoint else None,
+                         stages, sampling, opset, form, seed, not no_validate)
+    with _status("exporting") as status:
+        result = export_onnx(opts, progress=lambda msg: status.update(msg))
+    meta = result.metadata
+    out.print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {meta['model']}, "
+              f"max_k={meta['max_k']}, stages={meta['stages'] or '-'}, scheme={meta['scheme']}, form={meta['form']}")
+    warnings = [f for f in result.lint.findings if f.level == "warning"]
+    out.print(f"lint: ok ({len(warnings)} warnings)" + "".join(f"\n  {w}" for w in warnings))
+    if result.validation is not None:
+        _print_parity(result.validation)
+
+
+@app.command()
+def inspect(
+    file: Path = typer.Argument(..., help="Exported .onnx file."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Show a file's metadata, inputs/outputs, operator histogram and lint result."""
+    from .runtime.inspect import inspect_file
+
+    info = inspect_file(file)
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    table = Table("metadata", "value", title=str(file))
+    for key, value in info["metadata"].items():
+        if key != "label_names":
+            table.add_row(key, json.dumps(value))
+    out.print(table)
+    io = Table("kind", "name", "type", "shape")
+    for kind in ("inputs", "outputs"):
+        for t in info[kind]:
+            io.add_row(kind[:-1], t["name"], t["type"], str(t["shape"]))
+    out.print(io)
+    if "ops" in info:
+        out.print("operators: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
+        lint = info["lint"]
+        out.print(f"lint: {'ok' if lint['ok'] else 'FAILED'}" + "".join(f"\n  {f}" for f in lint["findings"]))
+
+
+@app.command()
+def run(
+    file: Path = typer.Argument(..., help="Exported .onnx file."),
+    images: List[Path] = typer.Argument(..., help="Image files or folders."),
+    k: Optional[int] = typer.Option(None, "--k", help="Points per ATS stage (1..max_k). Default: max_k."),
+    topk: int = typer.Option(5, "--topk", help="How many classes to show."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Run images through an exported model: predictions and kept tokens per stage."""
+    from .data.samples import images_in
+    from .runtime import load
+
+    files: list[Path] = []
+    for item in images:
+        files.extend(images_in(item) if item.is_dir() else [item])
+    runner = load(file, k=k, threads=threads)
+    preds = runner.predict([str(f) for f in files], topk=topk)
+    if as_json:
+        out.print_json(json.dumps({"k": runner.k, "provider": runner.provider, "predictions": [p.__dict__ for p in preds]}))
+        return
+    table = Table("image", "label", "prob", f"top-{topk}", "kept per stage (K'+1)",
+                  title=f"{runner.meta['model']}  K={runner.k}  provider={runner.provider}")
+    for p in preds:
+        table.add_row(Path(p.source).name, p.label, f"{p.score:.3f}", " ".join(l for _, l, _ in p.top5),
+                      " ".join(map(str, p.kept_counts)) or "-")
+    out.print(table)
+
+
+def _print_parity(report) -> None:
+    table = Table("K", "torch exec", "images", "max|dlogit|", "min cos", "top-1", "counts", "kept sets", "near-ties", "ok",
+                  title=f"parity: {report.backend} ({report.provider}) vs PyTorch, tol {report.tolerance:.0e}")
+    for r in report.rows:
+        checked = r.images - r.near_ties
+        table.add_row(str(r.k), r.execution, str(r.images), f"{r.max_abs_diff:.2e}", f"{r.min_cosine:.7f}",
+                      f"{r.top1_agree}/{checked}", f"{r.counts_agree}/{r.images}", f"{r.sets_agree}/{checked}",
+                      str(r.near_ties), "[green]yes[/]" if r.ok else "[red]NO[/]")
+    out.print(table)
+
+
+@app.command()
+def parity(
+    file: Path = typer.Argument(..., help="Exported .onnx file."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The checkpoint the file was exported from."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images (default: scikit-image samples)."),
+    n: int = typer.Option(8, "--n", help="Number of images (plus 2 random inputs)."),
+    k: Optional[List[str]] = typer.Option(None, "--k", help="K values to check (repeat or comma list). Default: max_k and max_k/2."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Compare ONNX Runtime with the PyTorch model the file was exported from."""
+    from .export.parity_cmd import parity_for_file
+
+    with _status("running parity"):
+        report = parity_for_file(file, checkpoint, images, n, _parse_ks(k), threads)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        _print_parity(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    import click
+
+    command = typer.main.get_command(app)
+    try:
+        command.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except TscliError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: still one line unless --debug
+        if _state["debug"]:
+            raise
+        err.print(f"internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                  " (rerun with --debug for the traceback)", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

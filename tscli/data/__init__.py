@@ -1,0 +1,1 @@
+"""Real data that installs offline: scikit-image sample photos, scikit-learn digits."""

@@ -1,0 +1,34 @@
+"""What `tscli inspect` shows. Works with only onnxruntime installed (metadata, inputs, outputs);
+with the onnx package it adds the operator histogram and the lint."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from ..errors import ModelFileError
+from ..export import contract as C
+from .ort_backend import OrtBackend
+
+
+def inspect_file(path: str | Path) -> dict:
+    backend = OrtBackend(path)
+    meta = C.decode_metadata(backend.metadata_props)
+    if "model" not in meta:
+        raise ModelFileError(f"{str(path)!r} was not exported by tscli (no tscli.* metadata)")
+    sess = backend.session
+    info = {
+        "file": str(path),
+        "metadata": meta,
+        "inputs": [{"name": i.name, "type": i.type, "shape": list(i.shape)} for i in sess.get_inputs()],
+        "outputs": [{"name": o.name, "type": o.type, "shape": list(o.shape)} for o in sess.get_outputs()],
+    }
+    if importlib.util.find_spec("onnx") is not None:
+        import onnx
+
+        from ..export.lint import lint_model
+
+        report = lint_model(onnx.load(str(path)))
+        info["ops"] = report.op_histogram
+        info["lint"] = {"ok": report.ok, "findings": [str(f) for f in report.findings]}
+    return info
