@@ -26,14 +26,26 @@ def _vit_kwargs(cfg: ViTConfig) -> dict:
     )
 
 
+# family -> function(cfg) -> nn.Module; other families (dovit, ...) add theirs with register_builder.
+BUILDERS: dict = {
+    "ats": lambda cfg: ATSVisionTransformer(stages=cfg.stages, scheme=cfg.scheme, **_vit_kwargs(cfg)),
+    "dense": lambda cfg: VisionTransformer(**_vit_kwargs(cfg)),
+}
+
+
+def register_builder(family: str):
+    def wrap(fn):
+        BUILDERS[family] = fn
+        return fn
+
+    return wrap
+
+
 def build_model(cfg: ViTConfig, checkpoint: str | None = None, seed: int = 0) -> BuiltModel:
     torch.manual_seed(seed)
-    if cfg.family == "ats":
-        module = ATSVisionTransformer(stages=cfg.stages, scheme=cfg.scheme, **_vit_kwargs(cfg))
-    elif cfg.family == "dense":
-        module = VisionTransformer(**_vit_kwargs(cfg))
-    else:  # other families register their own builders
-        raise ValueError(f"no builder for family {cfg.family!r}")
+    if cfg.family not in BUILDERS:
+        raise ValueError(f"no builder for family {cfg.family!r}; known: {', '.join(BUILDERS)}")
+    module = BUILDERS[cfg.family](cfg)
     weights = f"random(seed={seed})"
     if checkpoint:
         weights = "sha256:" + load_into(module, checkpoint, cfg.name)

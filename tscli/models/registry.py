@@ -47,6 +47,10 @@ class ViTConfig:
 
 
 _REGISTRY: dict[str, Callable[[], ViTConfig]] = {}
+# Modules that register more variants (other families); imported on first registry use so that
+# importing the registry stays cheap and free of import cycles.
+_VARIANT_MODULES = ("tscli.models.dovit", "tscli.models.digits")
+_loaded = False
 
 
 def register(fn: Callable[[], ViTConfig]) -> Callable[[], ViTConfig]:
@@ -54,12 +58,27 @@ def register(fn: Callable[[], ViTConfig]) -> Callable[[], ViTConfig]:
     return fn
 
 
+def _load_variant_modules() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+    import importlib.util
+
+    for mod in _VARIANT_MODULES:
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod)
+
+
 def list_models(family: str | None = None) -> list[str]:
+    _load_variant_modules()
     names = sorted(_REGISTRY)
     return [n for n in names if family is None or _REGISTRY[n]().family == family]
 
 
 def get_config(name: str, **overrides) -> ViTConfig:
+    _load_variant_modules()
     if name not in _REGISTRY:
         raise UsageError(f"unknown model {name!r}; valid: {', '.join(list_models())}")
     cfg = _REGISTRY[name]()
