@@ -112,6 +112,11 @@ def inspect(
         for t in info[kind]:
             io.add_row(kind[:-1], t["name"], t["type"], str(t["shape"]))
     out.print(io)
+    if info.get("gflops"):
+        flops = Table("graph", "GFLOPs", title="analytic GFLOPs per image (linear layers + attention matmuls, 1 MAC = 2 FLOPs)")
+        for graph, value in info["gflops"].items():
+            flops.add_row(graph + (" (padded upper bound)" if graph.startswith("K=") else ""), f"{value:.3f}")
+        out.print(flops)
     if "ops" in info:
         out.print("operators: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
         lint = info["lint"]

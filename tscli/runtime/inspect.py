@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import ModelFileError
 from ..export import contract as C
+from .flops import arch_from_meta, dense_flops, padded_flops
 from .ort_backend import OrtBackend
 
 
@@ -23,6 +24,7 @@ def inspect_file(path: str | Path) -> dict:
         "inputs": [{"name": i.name, "type": i.type, "shape": list(i.shape)} for i in sess.get_inputs()],
         "outputs": [{"name": o.name, "type": o.type, "shape": list(o.shape)} for o in sess.get_outputs()],
     }
+    info["gflops"] = gflops_table(meta)
     if importlib.util.find_spec("onnx") is not None:
         import onnx
 
@@ -32,3 +34,17 @@ def inspect_file(path: str | Path) -> dict:
         info["ops"] = report.op_histogram
         info["lint"] = {"ok": report.ok, "findings": [str(f) for f in report.findings]}
     return info
+
+
+def gflops_table(meta: dict) -> dict:
+    """Analytic GFLOPs (see runtime/flops.py): the dense equivalent, and padded ATS at a few K."""
+    try:
+        arch = arch_from_meta(meta)
+    except (KeyError, TypeError, ValueError):  # files from before these keys were written
+        return {}
+    table = {"dense": dense_flops(arch) / 1e9}
+    max_k = meta.get("max_k")
+    if meta.get("family") == "ats" and max_k and arch.stages:
+        for k in sorted({int(max_k), max(1, int(max_k) // 2), max(1, int(max_k) // 4)}, reverse=True):
+            table[f"K={k}"] = padded_flops(arch, k) / 1e9
+    return table

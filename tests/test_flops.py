@@ -1,0 +1,62 @@
+"""Analytic FLOP formula (tscli/runtime/flops.py) against a count done by hand."""
+
+import pytest
+
+from tscli.runtime import flops as F
+
+TINY = dict(input_size=[3, 32, 32], patch_size=4, embed_dim=48, depth=4, num_classes=10, stages=[1, 2, 3],
+            family="ats", max_k=64)
+
+
+def test_tiny_dense_hand_count():
+    # tiny: D=48, 64 patches of 3*4*4=48 values, T=65 tokens, MLP hidden 192, 10 classes; 1 MAC = 2 FLOPs.
+    patch_embed = 2 * 64 * 48 * 48          # 294,912
+    qkv = 2 * 65 * 48 * 144                 # 898,560
+    attn = 2 * (2 * 65 * 65 * 48)           # QK^T + AV: 811,200
+    proj = 2 * 65 * 48 * 48                 # 299,520
+    mlp = 2 * (2 * 65 * 48 * 192)           # fc1 + fc2: 2,396,160
+    head = 2 * 48 * 10                      # 960
+    assert qkv + attn + proj + mlp == 4_405_440
+    expected = patch_embed + 4 * (qkv + attn + proj + mlp) + head
+    assert expected == 17_917_632
+    assert F.dense_flops(F.arch_from_meta(TINY)) == expected
+    assert F.gflops(dict(TINY, family="dense", stages=[], max_k=None)) == pytest.approx(expected / 1e9)
+
+
+def test_tiny_ats_padded_hand_count_k16():
+    # K=16 -> S=17 slots. Block 0 dense (4,405,440). Block 1 = first ATS stage on 65 input tokens:
+    first = (2 * 65 * 48 * 144      # qkv for all 65 tokens: 898,560
+             + 2 * 65 * 48          # CLS score row Q K^T: 6,240
+             + 2 * 2 * 17 * 65 * 48  # QK^T + AV for 17 rows over 65 keys: 212,160
+             + 2 * 17 * 48 * 48     # proj: 78,336
+             + 2 * 2 * 17 * 48 * 192)  # MLP: 626,688
+    assert first == 1_821_984
+    # Blocks 2, 3: ATS stages on 17 slots.
+    later = 2 * 17 * 48 * 144 + 2 * 17 * 48 + 2 * 2 * 17 * 17 * 48 + 2 * 17 * 48 * 48 + 2 * 2 * 17 * 48 * 192
+    assert later == 997_152
+    expected = 294_912 + 4_405_440 + first + 2 * later + 960
+    assert expected == 8_517_600
+    a = F.arch_from_meta(TINY)
+    assert F.padded_flops(a, 16) == expected
+    # The ideal graph skips only the three CLS score rows.
+    assert F.ideal_flops(a, 16) == expected - 6_240 - 2 * 1_632
+    assert F.gflops(TINY, 16) == pytest.approx(expected / 1e9)
+
+
+def test_trimmed_is_per_image_mean_and_bounded_by_padded():
+    a = F.arch_from_meta(TINY)
+    counts = [[17, 17, 17], [9, 5, 3]]
+    expected = (F.ats_flops(a, [17, 17, 17]) + F.ats_flops(a, [9, 5, 3])) / 2
+    assert F.trimmed_flops(a, counts) == expected
+    assert F.trimmed_flops(a, counts) < F.padded_flops(a, 16)
+    assert F.ats_flops(a, [17, 17, 17]) == F.padded_flops(a, 16)
+    with pytest.raises(ValueError):
+        F.ats_flops(a, [17, 17])
+
+
+def test_deit_s_matches_paper_scale():
+    meta = dict(input_size=[3, 224, 224], patch_size=16, embed_dim=384, depth=12, num_classes=1000,
+                stages=list(range(3, 12)), family="ats", max_k=196)
+    # Papers quote multiply-adds: DeiT-S 4.6 G, ATS at K~99 about 2.9 G.
+    assert F.gflops(meta, graph="dense") / 2 == pytest.approx(4.6, abs=0.05)
+    assert F.gflops(meta, 99) / 2 == pytest.approx(2.9, abs=0.05)
