@@ -16,6 +16,13 @@ OUTPUT_LOGITS = "logits"
 OUTPUT_COUNTS = "kept_counts"  # int64 [B, stages]: K' + 1 per stage (CLS included)
 OUTPUT_POSITIONS = "kept_positions"  # int64 [B, stages, K+1]: original token positions, -1 = padding
 
+# Segmentation (DoViT / dense SETR) graphs
+INPUT_XI = "xi"  # float32 scalar: DoViT threshold; a default initializer of the same name holds the export value
+OUTPUT_SEG = "seg_logits"  # float32 [B, classes, H, W]
+# kept_counts (OUTPUT_COUNTS) for DoViT: int64 [B, decisions], patch tokens still active after each decision layer
+OUTPUT_KEEP_MASKS = "kept_masks"  # bool [B, decisions, patches]: which patch tokens are still active
+OUTPUT_SATURATED = "saturated"  # bool [B]: the capacity cut tokens that wanted to continue
+
 PLUGIN_DOMAIN = "tscli"
 SAMPLE_OP = "ATSSample"
 PLUGIN_VERSION = "1"
@@ -26,6 +33,7 @@ META_KEYS = (
     "tool_version", "model", "family", "max_k", "stages", "scheme", "mode", "form", "input_size",
     "patch_size", "mean", "std", "crop_pct", "interpolation", "num_classes", "labels", "opset",
     "weights", "dense_name", "embed_dim", "depth", "num_heads",
+    "max_keep", "xi", "merge", "grid", "label_names",  # segmentation (dovit / seg)
 )
 
 
