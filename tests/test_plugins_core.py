@@ -20,17 +20,13 @@ from tscli.models.ops import SCHEME_CODES, ats_sample_reference  # noqa: E402
 from tscli.models.sampling import SCHEMES, ats_pick, slot_indices  # noqa: E402
 from tscli.plugins.core import ats_sample_cpu, ats_sample_cpu_with_margin, build_cpu_library  # noqa: E402
 
-GOLDEN = Path("/work/shared/testdata/ats_pick_vectors.json")
+# ../shared beside the repo, as in tests/conftest.py
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "ats_pick_vectors.json"
 NS = (1, 2, 3, 9, 48, 120, 196)
 KS = (1, 3, 9, 48, 96, 120, 196)
 PER_CELL = 110  # 7 N x 7 K x 2 schemes x 110 = 10,780 score vectors
 NEAR_TIE = 1e-6
 KINDS = ("uniform", "heavy", "ties", "equal", "dominant", "zero", "one_valid", "cubed", "tiny")
-
-
-def _golden_path() -> Path:
-    here = Path(__file__).resolve().parents[1] / "testdata" / GOLDEN.name
-    return here if here.exists() else GOLDEN
 
 
 def _scores(kind: str, rng: np.random.Generator, b: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,10 +108,9 @@ def test_contract_of_reference_op(scheme: str) -> None:
 
 
 def test_golden_vectors_exact() -> None:
-    path = _golden_path()
-    if not path.exists():
-        pytest.skip(f"golden vectors not found at {path}")
-    cases = json.loads(path.read_text())["cases"]
+    if not GOLDEN.is_file():
+        pytest.fail(f"golden vectors missing at {GOLDEN}: ../shared must sit beside the repo")
+    cases = json.loads(GOLDEN.read_text())["cases"]
     failures = []
     for case in cases:
         index, mask, margin = ats_sample_cpu_with_margin(

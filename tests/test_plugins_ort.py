@@ -107,3 +107,28 @@ def test_plugin_graph_matches_reference(scheme: str, with_function: bool) -> Non
         assert mask.sum() > batch or n == 1  # something besides CLS was kept
         checked += batch
     assert checked == 15
+
+
+def test_exported_plugin_form_matches_plain_form(request: pytest.FixtureRequest) -> None:
+    """Issue 5 acceptance: the exporter's plugin-form tiny_ats, run here through the C++ core, gives
+    the plain form's logits (<= 1e-5) and exactly the same kept counts and positions, for several K."""
+    try:
+        exports = request.getfixturevalue("tiny_exports")  # tests/conftest.py, shared with test_export
+    except pytest.FixtureLookupError:
+        pytest.skip("tiny_exports fixture (tests/conftest.py) not available")
+    ort = pytest.importorskip("onnxruntime")
+    plain = ort.InferenceSession(str(exports["paper"]), providers=["CPUExecutionProvider"])
+    plugin_model = onnx.load(str(exports["plugin"]))
+    assert sum(n.op_type == "ATSSample" and n.domain == "tscli" for n in plugin_model.graph.node) >= 1
+    plugin = create_ort_plugin_session(plugin_model)
+    names = [o.name for o in plain.get_outputs()]
+    assert names == [o.name for o in plugin.get_outputs()] and names[0] == "logits"
+    rng = np.random.default_rng(5)
+    k_input = next(i for i in plain.get_inputs() if i.name != "images")
+    for k in (40, 17, 3):
+        feed = {"images": rng.standard_normal((3, 3, 32, 32)).astype(np.float32),
+                k_input.name: np.zeros(k, np.float32)}
+        ref, got = plain.run(None, feed), plugin.run(None, feed)
+        assert float(np.abs(ref[0] - got[0]).max()) <= 1e-5
+        for name, a, b in zip(names[1:], ref[1:], got[1:]):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} differs at K={k}")
