@@ -47,6 +47,15 @@ def _parse_ks(values: Optional[List[str]]) -> list[int] | None:
     return ks
 
 
+def _parse_floats(values: Optional[List[str]], option: str) -> list[float] | None:
+    if not values:
+        return None
+    try:
+        return [float(p) for v in values for p in str(v).split(",") if p.strip()]
+    except ValueError:
+        raise UsageError(f"bad {option} {values!r}; give numbers like --xi 0.985 --xi 1.0 or --xi 0.9,1.0") from None
+
+
 @app.command("list")
 def list_cmd(family: Optional[str] = typer.Option(None, help="Only this family (ats, dense).")):
     """List the registered model variants."""
@@ -73,10 +82,21 @@ def export(
     form: str = typer.Option("plain", "--form", help="plain (standard ops only) | plugin (tscli.ATSSample nodes for the TensorRT plugin)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights when no checkpoint is given."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the ONNX Runtime vs PyTorch check."),
+    max_keep: Optional[int] = typer.Option(None, "--max-keep", help="DoViT capacity C: most tokens kept after a decision layer. Default: all patches."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="Segmentation input HxW, multiples of the patch, e.g. 512x1024."),
+    xi: Optional[float] = typer.Option(None, "--xi", help="DoViT default threshold (0..1; a token with confidence > xi stops); changeable at load."),
 ):
     """Export a model to one ONNX file (dynamic batch, K chosen at load time), then check it."""
+    from .export.dovit_export import is_seg_model
     from .export.onnx_export import ExportOptions, export_onnx
 
+    if is_seg_model(model):
+        if max_k is not None or stages is not None or sampling != "paper" or form != "plain":
+            raise UsageError(f"--max-k/--stages/--sampling/--form apply to ATS models; {model!r} is a segmentation model "
+                             "(use --max-keep/--input-size/--xi)")
+        return _export_seg(model, max_keep, input_size, xi, output, checkpoint, opset, seed, not no_validate)
+    if max_keep is not None or input_size is not None or xi is not None:
+        raise UsageError(f"--max-keep/--input-size/--xi apply to segmentation models (dovit, seg); {model!r} is not one")
     opts = ExportOptions(model, max_k, str(output) if output else None, str(checkpoint) if checkpoint else None,
                          stages, sampling, opset, form, seed, not no_validate)
     with _status("exporting") as status:
@@ -88,6 +108,36 @@ def export(
     out.print(f"lint: ok ({len(warnings)} warnings)" + "".join(f"\n  {w}" for w in warnings))
     if result.validation is not None:
         _print_parity(result.validation)
+
+
+def _export_seg(model, max_keep, input_size, xi, output, checkpoint, opset, seed, validate) -> None:
+    from .export.dovit_export import SegExportOptions, export_seg
+
+    opts = SegExportOptions(model, max_keep, input_size, xi, str(output) if output else None,
+                            str(checkpoint) if checkpoint else None, opset, seed, validate)
+    with _status("exporting") as status:
+        result = export_seg(opts, progress=lambda msg: status.update(msg))
+    meta = result.metadata
+    out.print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {meta['model']} ({meta['family']}), "
+              f"input {meta['input_size'][1]}x{meta['input_size'][2]}, max_keep={meta['max_keep']}, xi={meta['xi']}, "
+              f"decisions after blocks {meta['stages'] or '-'}")
+    warnings = [f for f in result.lint.findings if f.level == "warning"]
+    out.print(f"lint: ok ({len(warnings)} warnings)" + "".join(f"\n  {w}" for w in warnings))
+    if result.validation is not None:
+        _print_seg_parity(result.validation)
+
+
+def _print_seg_parity(report) -> None:
+    table = Table("xi", "C", "images", "max|dlogit|", "argmax agree (min)", "counts", "masks", "saturated (ref)",
+                  "flags", "kept frac", "near-ties", "ok",
+                  title=f"segmentation parity: {report.backend} ({report.provider}) vs variable-length PyTorch, "
+                        f"tol {report.tolerance:.0e}")
+    for r in report.rows:
+        table.add_row("-" if r.xi is None else f"{r.xi:g}", str(r.capacity or "-"), str(r.images), f"{r.max_abs_diff:.2e}",
+                      f"{r.argmax_agree:.6f}", f"{r.counts_agree}/{r.images}", f"{r.masks_agree}/{r.images - r.near_ties}",
+                      str(r.saturated), f"{r.saturated_agree}/{r.images}", f"{r.kept_fraction:.3f}", str(r.near_ties),
+                      "[green]yes[/]" if r.ok else "[red]NO[/]")
+    out.print(table)
 
 
 @app.command()
@@ -115,7 +165,7 @@ def inspect(
     if info.get("gflops"):
         flops = Table("graph", "GFLOPs", title="analytic GFLOPs per image (linear layers + attention matmuls, 1 MAC = 2 FLOPs)")
         for graph, value in info["gflops"].items():
-            flops.add_row(graph + (" (padded upper bound)" if graph.startswith("K=") else ""), f"{value:.3f}")
+            flops.add_row(graph + (" (padded upper bound)" if graph.startswith(("K=", "C=")) else ""), f"{value:.3f}")
         out.print(flops)
     if "ops" in info:
         out.print("operators: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
@@ -131,6 +181,8 @@ def run(
     topk: int = typer.Option(5, "--topk", help="How many classes to show."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    xi: Optional[float] = typer.Option(None, "--xi", help="DoViT threshold 0..1 (default: the file's export value)."),
+    out_dir: Path = typer.Option(Path("seg_out"), "--out-dir", help="Segmentation: where class maps and overlays go."),
 ):
     """Run images through an exported model: predictions and kept tokens per stage."""
     from .data.samples import images_in
@@ -139,7 +191,9 @@ def run(
     files: list[Path] = []
     for item in images:
         files.extend(images_in(item) if item.is_dir() else [item])
-    runner = load(file, k=k, threads=threads)
+    runner = load(file, k=k, threads=threads, xi=xi)
+    if runner.meta.get("family") in ("dovit", "seg"):
+        return _run_seg(runner, files, out_dir, as_json)
     preds = runner.predict([str(f) for f in files], topk=topk)
     if as_json:
         out.print_json(json.dumps({"k": runner.k, "provider": runner.provider, "predictions": [p.__dict__ for p in preds]}))
@@ -149,6 +203,28 @@ def run(
     for p in preds:
         table.add_row(Path(p.source).name, p.label, f"{p.score:.3f}", " ".join(l for _, l, _ in p.top5),
                       " ".join(map(str, p.kept_counts)) or "-")
+    out.print(table)
+
+
+def _run_seg(runner, files: list[Path], out_dir: Path, as_json: bool) -> None:
+    from .runtime.segmentation import write_outputs
+
+    n_classes = int(runner.meta["num_classes"])
+    rows = []
+    for f in files:  # one image at a time: segmentation inputs are large
+        seg = runner.segment([str(f)])[0]
+        classes, overlay = write_outputs(seg, out_dir, n_classes)
+        rows.append({"image": seg.source, "classes_png": str(classes), "overlay_png": str(overlay),
+                     "kept_counts": seg.kept_counts, "kept_fraction": seg.kept_fraction, "saturated": seg.saturated,
+                     "gflops": seg.gflops})
+    if as_json:
+        out.print_json(json.dumps({"xi": runner.xi, "provider": runner.provider, "images": rows}))
+        return
+    table = Table("image", "kept per decision", "kept frac", "saturated", "GFLOPs (token-pass)", "overlay",
+                  title=f"{runner.meta['model']}  xi={runner.xi}  C={runner.meta.get('max_keep')}  provider={runner.provider}")
+    for r in rows:
+        table.add_row(Path(r["image"]).name, " ".join(map(str, r["kept_counts"])) or "-", f"{r['kept_fraction']:.3f}",
+                      "yes" if r["saturated"] else "no", "-" if r["gflops"] is None else f"{r['gflops']:.2f}", r["overlay_png"])
     out.print(table)
 
 
@@ -172,18 +248,83 @@ def parity(
     k: Optional[List[str]] = typer.Option(None, "--k", help="K values to check (repeat or comma list). Default: max_k and max_k/2."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    xi: Optional[List[str]] = typer.Option(None, "--xi", help="DoViT thresholds to check (repeat or comma list). "
+                                           "Default: the export value, 1.0 and the median first-decision confidence."),
 ):
     """Compare ONNX Runtime with the PyTorch model the file was exported from."""
     from .export.parity_cmd import parity_for_file
+    from .runtime import load
 
+    seg = load(file, threads=threads).meta.get("family") in ("dovit", "seg")
+    if seg and k:
+        raise UsageError("--k applies to ATS files; this is a segmentation file (use --xi)")
+    if xi and not seg:
+        raise UsageError("--xi applies to DoViT segmentation files")
     with _status("running parity"):
-        report = parity_for_file(file, checkpoint, images, n, _parse_ks(k), threads)
+        if seg:
+            from .export.dovit_export import seg_parity_for_file
+
+            report = seg_parity_for_file(file, checkpoint, images, n, _parse_floats(xi, "--xi"), threads)
+        else:
+            report = parity_for_file(file, checkpoint, images, n, _parse_ks(k), threads)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
+    elif seg:
+        _print_seg_parity(report)
     else:
         _print_parity(report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _parse_ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise UsageError(f"bad {option} {text!r}; give integers like 48,96") from None
+
+
+def _print_bench(report: dict) -> None:
+    table = Table("K", "batch", "ATS ms", "p90 ms", "img/s", "GFLOPs", "dense ms", "speed-up", "ideal ms", "ideal speed-up",
+                  "of ideal", title=f"bench {report['model']} ({report['mode']}): {report['backend']} {report['provider']}, "
+                                    f"threads={report['threads'] or 'default'}, median of {report['runs']} interleaved runs")
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for r in report["rows"]:
+        a, d, i = r["ats"], r["dense"], r["ideal"]
+        table.add_row(str(r["k"]), str(r["batch"]), f"{a['median_ms']:.1f}", f"{a['p90_ms']:.1f}", f"{a['images_per_s']:.1f}",
+                      f"{a['gflops']:.2f}" + (f" / {d['gflops']:.2f}" if d else ""), fmt(d and d["median_ms"], ".1f"),
+                      fmt(r["speedup_vs_dense"], ".2f") + ("x" if d else ""), fmt(i and i["median_ms"], ".1f"),
+                      fmt(r["ideal_speedup_vs_dense"], ".2f"), fmt(r["fraction_of_ideal"], ".3f"))
+    out.print(table, width=max(out.width, 130))  # 11 columns: do not wrap them in a narrow pipe
+
+
+@app.command()
+def bench(
+    file: Path = typer.Argument(..., help="Exported ATS .onnx file."),
+    k: str = typer.Option("", "--k", help="K values, comma list (default: max_k and max_k/2)."),
+    batch: str = typer.Option("1,8", "--batch", help="Batch sizes, comma list."),
+    backend: str = typer.Option("ort", "--backend", help="Runtime backend: ort."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
+    runs: int = typer.Option(10, "--runs", help="Interleaved rounds; medians are over these."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed rounds first."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Dense baseline .onnx (default: exported on the fly)."),
+    ideal: bool = typer.Option(False, "--ideal", help="Also time the ideal bound (same work minus all sampling)."),
+    no_dense: bool = typer.Option(False, "--no-dense", help="Skip the dense baseline."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint the file was exported from (to rebuild reference graphs)."),
+    graphs_dir: Optional[Path] = typer.Option(None, "--graphs-dir", help="Keep/reuse the exported reference graphs here."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable report (schema tscli.bench/1)."),
+):
+    """Latency per (K, batch) vs the dense baseline and the ideal bound, interleaved so drift cancels."""
+    from .runtime.bench import bench as run_bench
+
+    with _status("benchmarking") as status:
+        report = run_bench(file, _parse_ints(k, "--k") or None, _parse_ints(batch, "--batch"), backend, threads, runs, warmup,
+                           baseline, ideal, not no_dense, str(checkpoint) if checkpoint else None, graphs_dir,
+                           progress=lambda msg: status.update(msg))
+    if as_json:
+        out.print_json(json.dumps(report))
+    else:
+        _print_bench(report)
 
 
 def main() -> None:

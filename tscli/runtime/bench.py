@@ -1,0 +1,204 @@
+"""``tscli bench``: latency of an exported ATS file per (K, batch) next to its dense baseline and,
+optionally, the "ideal" bound (the same work minus all sampling; see tscli/models/ideal.py).
+
+Only ratios measured in one run mean anything on a shared machine, so the measurement is
+interleaved: after a warm-up, each round runs every (graph, K, batch) once, in an order that
+rotates by one position per round, so slow drift of the machine hits every graph alike. Reported
+per (K, batch): median and p90 latency, images/s, analytic GFLOPs (runtime/flops.py), speed-up of
+the ATS graph over dense and the fraction of the ideal speed it reaches (ideal latency / ATS
+latency). Torch-free: the dense/ideal graphs are exported on the fly only when needed, through
+the export extras, imported lazily.
+
+JSON report (``--json``), schema ``tscli.bench/1``::
+
+    {"schema": "tscli.bench/1", "file", "model", "mode", "backend", "provider", "threads",
+     "runs", "warmup", "baseline": path|null, "ideal": path|null,
+     "rows": [{"k", "batch",
+               "ats": {"median_ms", "p90_ms", "images_per_s", "gflops", "samples_ms": [...]},
+               "dense": {same}|null, "ideal": {same}|null,
+               "speedup_vs_dense": float|null, "ideal_speedup_vs_dense": float|null,
+               "fraction_of_ideal": float|null}]}
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import MissingDependency, UsageError
+from ..export import contract as C
+from . import flops as F
+from .ort_backend import OrtBackend
+
+SCHEMA = "tscli.bench/1"
+BACKENDS = ("ort",)
+
+
+@dataclass
+class Graph:
+    name: str  # "ats" | "dense" | "ideal"
+    backend: OrtBackend
+    meta: dict
+    path: str
+    samples: dict = field(default_factory=dict)  # (k, batch) -> [seconds]
+
+
+def _open(path: str | Path, threads: int | None, name: str) -> Graph:
+    backend = OrtBackend(path, threads=threads)
+    return Graph(name, backend, C.decode_metadata(backend.metadata_props), str(path))
+
+
+def check_ks(meta: dict, ks: list[int] | None) -> list[int]:
+    max_k = meta.get("max_k")
+    if meta.get("family") != "ats" or not max_k:
+        raise UsageError(f"bench needs an ATS file with a K input; this one is {meta.get('family')!r}")
+    ks = ks or sorted({int(max_k), max(1, int(max_k) // 2)}, reverse=True)
+    bad = [k for k in ks if not 1 <= k <= max_k]
+    if bad:
+        raise UsageError(f"K={bad[0]} is out of range for this file; valid: 1..{max_k}")
+    return ks
+
+
+def reference_graph(kind: str, meta: dict, path: Path, checkpoint: str | None) -> Path:
+    """Export the dense baseline or the ideal graph of ``meta``'s model (needs the export extras)."""
+    try:
+        from ..export.bench_graphs import export_bench_graph
+    except ImportError as exc:
+        raise MissingDependency(f"exporting the {kind} graph needs the export extras ({exc.name} is missing): "
+                                f"pip install 'tscli[export]', or give --baseline FILE and drop --ideal") from None
+    return export_bench_graph(kind, meta, path, checkpoint)
+
+
+def _reference(kind: str, meta: dict, folder: Path, checkpoint: str | None, threads: int | None, progress) -> Graph:
+    """A dense/ideal graph from ``folder`` if one made from the same model and weights is there, else exported."""
+    path = folder / f"{meta['model']}.{kind}.onnx"
+    if path.is_file():
+        g = _open(path, threads, kind)
+        same = ("weights", "input_size", "embed_dim", "depth", "opset") + (("stages", "max_k") if kind == "ideal" else ())
+        if g.meta.get("bench_graph") == kind and all(g.meta.get(key) == meta.get(key) for key in same):
+            return g
+    progress(f"exporting the {kind} graph")
+    return _open(reference_graph(kind, meta, path, checkpoint), threads, kind)
+
+
+def _check_baseline(ats: dict, dense: dict, path: str) -> None:
+    if dense.get("family") != "dense" or list(dense.get("input_size", [])) != list(ats["input_size"]):
+        raise UsageError(f"--baseline {path!r} is not a dense model with input {ats['input_size']} "
+                         f"(it is {dense.get('family')!r}, input {dense.get('input_size')})")
+
+
+def _schedule(graphs: list[Graph], ks: list[int], batches: list[int]) -> list[tuple[Graph, int | None, int]]:
+    items = []
+    for batch in batches:
+        for g in graphs:
+            if g.name == "dense":  # no K: one measurement per batch, shared by every K
+                items.append((g, None, batch))
+            else:
+                items.extend((g, k, batch) for k in ks)
+    return items
+
+
+def _run_once(g: Graph, k: int | None, x: np.ndarray) -> tuple[float, dict]:
+    feeds = {C.INPUT_IMAGES: x}
+    if k is not None:
+        feeds[C.INPUT_K] = np.zeros(k, np.float32)
+    t0 = time.perf_counter()
+    out = g.backend.run(feeds)
+    return time.perf_counter() - t0, out
+
+
+def measure(graphs: list[Graph], ks: list[int], batches: list[int], runs: int, warmup: int,
+            progress: Callable[[str], None] = lambda m: None, seed: int = 0) -> dict:
+    """Interleaved timing. Returns {(graph name, k, batch): kept_counts of the last run} as a by-product."""
+    rng = np.random.default_rng(seed)
+    size = tuple(graphs[0].meta["input_size"])
+    inputs = {b: rng.standard_normal((b,) + size).astype(np.float32) for b in batches}
+    items = _schedule(graphs, ks, batches)
+    counts = {}
+    for _ in range(warmup):
+        for g, k, b in items:
+            _run_once(g, k, inputs[b])
+    for r in range(runs):
+        progress(f"round {r + 1}/{runs}")
+        shift = r % len(items)
+        for g, k, b in items[shift:] + items[:shift]:
+            seconds, out = _run_once(g, k, inputs[b])
+            g.samples.setdefault((k, b), []).append(seconds)
+            if C.OUTPUT_COUNTS in out:
+                counts[(g.name, k, b)] = out[C.OUTPUT_COUNTS]
+    return counts
+
+
+def _stats(samples: list[float], batch: int, gflops: float) -> dict:
+    ms = np.asarray(samples) * 1e3
+    med = float(np.median(ms))
+    return {"median_ms": med, "p90_ms": float(np.percentile(ms, 90)), "images_per_s": batch * 1e3 / med,
+            "gflops": gflops, "samples_ms": [round(float(v), 4) for v in ms]}
+
+
+def _gflops(g: Graph, k: int | None, counts) -> float:
+    arch = F.arch_from_meta(g.meta)
+    if g.name == "dense":
+        return F.dense_flops(arch) / 1e9
+    if g.name == "ideal":
+        return F.ideal_flops(arch, k) / 1e9
+    if g.meta.get("mode") == "trimmed" and counts is not None:
+        return F.trimmed_flops(arch, counts) / 1e9
+    return F.padded_flops(arch, k) / 1e9
+
+
+def report_rows(graphs: list[Graph], ks: list[int], batches: list[int], counts: dict) -> list[dict]:
+    by = {g.name: g for g in graphs}
+    rows = []
+    for batch in batches:
+        for k in ks:
+            row = {"k": k, "batch": batch}
+            for name in ("ats", "dense", "ideal"):
+                g = by.get(name)
+                key = (None if name == "dense" else k, batch)
+                row[name] = None if g is None else _stats(g.samples[key], batch, _gflops(g, k, counts.get((name, k, batch))))
+            ats, dense, ideal = (row[n]["median_ms"] if row[n] else None for n in ("ats", "dense", "ideal"))
+            row["speedup_vs_dense"] = dense / ats if dense else None
+            row["ideal_speedup_vs_dense"] = dense / ideal if dense and ideal else None
+            row["fraction_of_ideal"] = ideal / ats if ideal else None
+            rows.append(row)
+    return rows
+
+
+def bench(path: str | Path, ks: list[int] | None = None, batches: list[int] | None = None, backend: str = "ort",
+          threads: int | None = None, runs: int = 10, warmup: int = 2, baseline: str | Path | None = None,
+          ideal: bool = False, dense: bool = True, checkpoint: str | None = None, graphs_dir: str | Path | None = None,
+          progress: Callable[[str], None] = lambda m: None) -> dict:
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if runs < 1 or warmup < 0:
+        raise UsageError(f"--runs {runs} / --warmup {warmup} invalid; need runs >= 1 and warmup >= 0")
+    batches = batches or [1, 8]
+    if any(b < 1 for b in batches):
+        raise UsageError(f"bad --batch {batches}; batch sizes must be >= 1")
+    ats = _open(path, threads, "ats")
+    ks = check_ks(ats.meta, ks)
+    graphs = [ats]
+    with tempfile.TemporaryDirectory(prefix="tscli-bench-") as tmp:
+        folder = Path(graphs_dir or tmp)
+        if baseline is not None:
+            graphs.append(_open(baseline, threads, "dense"))
+            _check_baseline(ats.meta, graphs[-1].meta, str(baseline))
+        elif dense:
+            graphs.append(_reference("dense", ats.meta, folder, checkpoint, threads, progress))
+        if ideal:
+            graphs.append(_reference("ideal", ats.meta, folder, checkpoint, threads, progress))
+        counts = measure(graphs, ks, batches, runs, warmup, progress)
+    by = {g.name: g for g in graphs}
+    return {
+        "schema": SCHEMA, "file": str(path), "model": ats.meta.get("model"), "mode": ats.meta.get("mode", "padded"),
+        "backend": backend, "provider": ats.backend.provider, "threads": threads, "runs": runs, "warmup": warmup,
+        "baseline": str(baseline) if baseline is not None else ("exported" if "dense" in by else None),
+        "ideal": "exported" if ideal else None,
+        "rows": report_rows(graphs, ks, batches, counts),
+    }
