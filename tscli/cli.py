@@ -181,6 +181,7 @@ def run(
     topk: int = typer.Option(5, "--topk", help="How many classes to show."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    backend: str = typer.Option("ort", "--backend", help="ort | trt (FILE is an engine) | ort-cuda | ort-trt."),
     xi: Optional[float] = typer.Option(None, "--xi", help="DoViT threshold 0..1 (default: the file's export value)."),
     out_dir: Path = typer.Option(Path("seg_out"), "--out-dir", help="Segmentation: where class maps and overlays go."),
 ):
@@ -191,7 +192,7 @@ def run(
     files: list[Path] = []
     for item in images:
         files.extend(images_in(item) if item.is_dir() else [item])
-    runner = load(file, k=k, threads=threads, xi=xi)
+    runner = load(file, k=k, backend=backend, threads=threads, xi=xi)
     if runner.meta.get("family") in ("dovit", "seg"):
         return _run_seg(runner, files, out_dir, as_json)
     preds = runner.predict([str(f) for f in files], topk=topk)
@@ -248,6 +249,7 @@ def parity(
     k: Optional[List[str]] = typer.Option(None, "--k", help="K values to check (repeat or comma list). Default: max_k and max_k/2."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    backend: str = typer.Option("ort", "--backend", help="ort | trt (FILE is an engine) | ort-cuda | ort-trt."),
     xi: Optional[List[str]] = typer.Option(None, "--xi", help="DoViT thresholds to check (repeat or comma list). "
                                            "Default: the export value, 1.0 and the median first-decision confidence."),
 ):
@@ -255,7 +257,7 @@ def parity(
     from .export.parity_cmd import parity_for_file
     from .runtime import load
 
-    seg = load(file, threads=threads).meta.get("family") in ("dovit", "seg")
+    seg = load(file, backend=backend, threads=threads).meta.get("family") in ("dovit", "seg")
     if seg and k:
         raise UsageError("--k applies to ATS files; this is a segmentation file (use --xi)")
     if xi and not seg:
@@ -266,7 +268,7 @@ def parity(
 
             report = seg_parity_for_file(file, checkpoint, images, n, _parse_floats(xi, "--xi"), threads)
         else:
-            report = parity_for_file(file, checkpoint, images, n, _parse_ks(k), threads)
+            report = parity_for_file(file, checkpoint, images, n, _parse_ks(k), threads, backend)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     elif seg:
@@ -325,6 +327,69 @@ def bench(
         out.print_json(json.dumps(report))
     else:
         _print_bench(report)
+
+
+@app.command()
+def build(
+    file: Path = typer.Argument(..., help="Exported .onnx file (plain or plugin form, padded)."),
+    k: Optional[List[str]] = typer.Option(None, "--k", help="One profile fixed at this K (repeat or comma list)."),
+    k_range: Optional[List[str]] = typer.Option(None, "--k-range", help="One profile MIN:OPT:MAX of K, e.g. 48:96:120 (repeatable)."),
+    batch: str = typer.Option("1:1:8", "--batch", help="Batch MIN:OPT:MAX (or one number)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (TensorRT 11: from the ONNX file)."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="libtscli_plugins.so (default: $TSCLI_PLUGIN_PATH, ./build/plugins)."),
+    workspace: Optional[int] = typer.Option(None, "--workspace", help="Builder workspace limit in MB."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file (read if present, then updated)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Engine file (default: FILE.engine); FILE.engine.json is the manifest."),
+    verbose: bool = typer.Option(False, "--verbose", help="TensorRT's verbose log."),
+):
+    """Build a TensorRT engine (one optimization profile per K bucket) and its manifest."""
+    from .runtime.trt.build import BuildOptions, build_engine
+
+    opts = BuildOptions(str(file), str(output) if output else None, _parse_ks(k), list(k_range or []) or None, batch,
+                        precision, str(plugins) if plugins else None, workspace, str(timing_cache) if timing_cache else None,
+                        verbose)
+    with _status("building") as status:
+        result = build_engine(opts, progress=lambda msg: status.update(msg))
+    m = result.manifest
+    for w in result.warnings:
+        err.print(f"warning: {w}", markup=False, highlight=False)
+    k_text = f"K {m['k_range'][0]}..{m['k_range'][1]}" if m["k_range"] else "no K"
+    out.print(f"wrote {result.engine_path} + {result.manifest_path.name} in {result.seconds:.0f} s: TensorRT "
+              f"{m['tensorrt_version']}, {m['gpu']['name'] if m['gpu'] else 'GPU unknown'}, {m['precision']}, "
+              f"{len(m['profiles'])} profile(s), {k_text}, batch {m['batch_range'][0]}..{m['batch_range'][1]}, "
+              f"plugins: {', '.join(o['name'] for o in m['plugin_ops']) or 'none'}", markup=False)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """What this host can do: Python, ONNX Runtime providers, TensorRT, CUDA/GPU, Jetson, plugins."""
+    from .runtime.doctor import run_doctor, summary
+
+    checks = run_doctor()
+    if as_json:
+        out.print_json(json.dumps({"checks": [c.to_dict() for c in checks], "summary": summary(checks)}))
+        return
+    colour = {"ok": "green", "missing": "red", "warn": "yellow", "info": "cyan"}
+    table = Table("component", "status", "detail", "fix", title="tscli doctor")
+    for c in checks:
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail, c.fix)
+    out.print(table)
+    out.print(summary(checks))
+
+
+@app.command()
+def selftest(
+    file: Optional[Path] = typer.Argument(None, help="A tscli .onnx file (default: export tiny_ats; needs the export extras)."),
+    k: Optional[List[str]] = typer.Option(None, "--k", help="K values to check (default: max_k and max_k/2)."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="libtscli_plugins.so for plugin-form files."),
+):
+    """GPU host: build a tiny engine, run it at two K, compare with ONNX Runtime CPU; one verdict line."""
+    from .runtime.selftest import run_selftest_or_raise
+
+    with _status("selftest") as status:
+        result = run_selftest_or_raise(str(file) if file else None, _parse_ks(k), str(plugins) if plugins else None,
+                                       progress=lambda msg: status.update(msg))
+    out.print(result.verdict(), markup=False)
 
 
 def main() -> None:

@@ -27,13 +27,13 @@ def parity_inputs(meta: dict, images: Path | None, n: int, seed: int = 0) -> np.
 
 
 def parity_for_file(path: Path, checkpoint: Path | None, images: Path | None, n: int, ks: list[int] | None,
-                    threads: int | None) -> ParityReport:
-    probe = load(path, threads=threads)  # validates the file and reads its metadata
+                    threads: int | None, backend: str = "ort") -> ParityReport:
+    probe = load(path, backend=backend, threads=threads)  # validates the file and reads its metadata
     meta = probe.meta
     if ks is None:
         ks = [None] if probe.k is None else sorted({probe.k, max(1, probe.k // 2)}, reverse=True)
     for k in ks:  # fail on a bad K before the slow part
-        load(path, k=k, threads=threads)
+        load(path, k=k, backend=backend, threads=threads)
     built = build_from_metadata(meta, str(checkpoint) if checkpoint else None)
     x = parity_inputs(meta, images, n)
-    return run_parity(lambda k: load(path, k=k, threads=threads), built, x, ks)
+    return run_parity(lambda k: load(path, k=k, backend=backend, threads=threads), built, x, ks)

@@ -12,7 +12,7 @@ from ..errors import InputError, ModelFileError, UsageError
 from ..export import contract as C
 from .preprocess import preprocess
 
-BACKENDS = ("ort",)
+BACKENDS = ("ort", "trt", "ort-cuda", "ort-trt")
 
 
 @dataclass
@@ -97,4 +97,9 @@ def load(path: str | Path, k: int | str | None = None, backend: str = "ort", thr
         from .ort_backend import OrtBackend
 
         return Runner(OrtBackend(path, threads=threads), k)
+    if backend in BACKENDS:
+        from .gpu import open_gpu_backend
+
+        gpu = open_gpu_backend(path, backend, k=k, threads=threads)
+        return Runner(gpu, getattr(gpu, "k", k))
     raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
