@@ -85,11 +85,13 @@ def _check_shapes(model: onnx.ModelProto, report: LintReport) -> None:
     except Exception as exc:  # inference failing is itself worth knowing, but not fatal
         report.add("warning", "graph", f"shape inference failed: {str(exc).splitlines()[0][:200]}")
         inferred = model
-    for value in list(inferred.graph.output):
+    # Declared output shapes (the exporter's symbols) and inferred ones both count.
+    for value in list(model.graph.output) + list(inferred.graph.output):
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and not _ALLOWED_DIM.match(dim.dim_param):
                 report.add("error", f"output {value.name}",
                            f"dimension {dim.dim_param!r} depends on the data (not batch or K): not for TensorRT")
+                return
 
 
 def lint_model(model: onnx.ModelProto) -> LintReport:

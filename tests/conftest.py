@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny exported models (seconds), sample images, and the golden vectors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+GOLDEN = SHARED / "testdata" / "ats_pick_vectors.json"
+
+
+@pytest.fixture(scope="session")
+def golden_cases() -> list[dict]:
+    if not GOLDEN.is_file():
+        pytest.fail(f"golden vectors missing at {GOLDEN}: ../shared must sit beside the repo")
+    return json.loads(GOLDEN.read_text())["cases"]
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory) -> dict[str, Path]:
+    """tiny_ats exported in both schemes and both forms, plus the dense baseline."""
+    from tscli.export.onnx_export import ExportOptions, export_onnx
+
+    folder = tmp_path_factory.mktemp("exports")
+    out = {}
+    for key, opts in {
+        "paper": dict(model="tiny_ats", max_k=40, scheme="paper"),
+        "official": dict(model="tiny_ats", max_k=40, scheme="official"),
+        "plugin": dict(model="tiny_ats", max_k=40, scheme="paper", form="plugin"),
+        "dense": dict(model="tiny_dense"),
+    }.items():
+        path = folder / f"{key}.onnx"
+        export_onnx(ExportOptions(output=str(path), **opts))
+        out[key] = path
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_arrays() -> list[np.ndarray]:
+    from tscli.data.samples import sample_images
+
+    return [a for _, a in sample_images(6)]

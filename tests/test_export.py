@@ -1,0 +1,144 @@
+"""The exported graph: contract, dynamic batch and K, ORT == PyTorch, plugin form == plain form."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from tscli.export import contract as C
+from tscli.export.validate import LOGIT_ATOL
+from tscli.models.build import build_from_metadata
+from tscli.runtime import load
+
+
+def _dims(value):
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def test_contract(tiny_exports):
+    model = onnx.load(str(tiny_exports["paper"]))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17
+    inputs = {i.name: _dims(i) for i in model.graph.input}
+    assert inputs == {C.INPUT_IMAGES: [C.DIM_BATCH, 3, 32, 32], C.INPUT_K: [C.DIM_K]}
+    outputs = {o.name: _dims(o) for o in model.graph.output}
+    assert outputs[C.OUTPUT_LOGITS] == [C.DIM_BATCH, 10]
+    assert outputs[C.OUTPUT_COUNTS] == [C.DIM_BATCH, 3]
+    assert outputs[C.OUTPUT_POSITIONS][:2] == [C.DIM_BATCH, 3]
+    meta = C.decode_metadata({p.key: p.value for p in model.metadata_props})
+    for key in C.META_KEYS:
+        assert key in meta, key
+    assert meta["max_k"] == 40 and meta["stages"] == [1, 2, 3] and meta["family"] == "ats"
+    assert not any(n.domain for n in model.graph.node)  # plain form: standard operators only
+    assert not any(n.op_type in ("NonZero", "Unique", "CumSum", "TopK", "ArgMin") for n in model.graph.node)
+
+
+@pytest.mark.parametrize("scheme", ["paper", "official"])
+def test_ort_matches_torch_on_real_and_random_images(tiny_exports, sample_arrays, scheme):
+    from tscli.export.validate import run_parity
+    from tscli.runtime.preprocess import preprocess
+
+    path = tiny_exports[scheme]
+    meta = load(path).meta
+    x = np.concatenate([preprocess(sample_arrays, meta),
+                        np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)])
+    built = build_from_metadata(meta)
+    report = run_parity(lambda k: load(path, k=k), built, x, [40, 17, 1])
+    for row in report.rows:
+        assert row.max_abs_diff <= LOGIT_ATOL, row
+        assert row.sets_agree + row.near_ties == row.images, row
+        assert row.near_ties <= 1, row  # a near-tie is rare; many would hide a real mismatch
+    assert report.ok
+
+
+def test_one_file_serves_every_k_and_batch(tiny_exports):
+    rng = np.random.default_rng(0)
+    for k in (40, 24, 5, 1):
+        runner = load(tiny_exports["paper"], k=k)
+        for batch in (1, 3):
+            out = runner.infer(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
+            assert out[C.OUTPUT_LOGITS].shape == (batch, 10)
+            counts = out[C.OUTPUT_COUNTS]
+            assert counts.shape == (batch, 3) and (counts <= k + 1).all() and (counts >= 2).all()
+            assert out[C.OUTPUT_POSITIONS].shape == (batch, 3, k + 1)
+            # padding slots are -1, exactly K'+1 valid slots per stage
+            assert ((out[C.OUTPUT_POSITIONS] >= 0).sum(-1) == counts).all()
+
+
+def test_output_differs_from_dense(tiny_exports):
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ats = load(tiny_exports["paper"], k=16).infer(x)[C.OUTPUT_LOGITS]
+    dense = load(tiny_exports["dense"]).infer(x)[C.OUTPUT_LOGITS]
+    assert np.abs(ats - dense).max() > 1e-3
+
+
+def test_plugin_form_runs_its_function_body_and_equals_plain(tiny_exports):
+    model = onnx.load(str(tiny_exports["plugin"]))
+    nodes = [n for n in model.graph.node if n.domain == C.PLUGIN_DOMAIN]
+    assert len(nodes) == 3 and all(n.op_type == C.SAMPLE_OP for n in nodes)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+    assert attrs["plugin_namespace"] == b"tscli" and attrs["plugin_version"] == b"1" and attrs["scheme"] == b"paper"
+    assert [f.name for f in model.functions] == [C.SAMPLE_OP]
+    x = np.random.default_rng(3).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    for k in (40, 9):
+        a = load(tiny_exports["plugin"], k=k).infer(x)
+        b = load(tiny_exports["paper"], k=k).infer(x)
+        assert np.abs(a[C.OUTPUT_LOGITS] - b[C.OUTPUT_LOGITS]).max() <= 1e-5
+        assert np.array_equal(a[C.OUTPUT_POSITIONS], b[C.OUTPUT_POSITIONS])
+
+
+def test_failed_validation_leaves_nothing(tmp_path, monkeypatch):
+    """A parity failure during export exits with CheckFailed and no file on disk."""
+    from tscli.errors import CheckFailed
+    from tscli.export import onnx_export, validate
+
+    def broken(path, built, meta):
+        report = validate.ParityReport("ort", "CPUExecutionProvider")
+        report.rows.append(validate.ParityRow(40, "padded", 2, 0.5, 0.9, 1, 2, 2, 0, False))
+        return report
+
+    monkeypatch.setattr(validate, "validate_export", broken)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(CheckFailed, match="parity failed at K=40"):
+        onnx_export.export_onnx(onnx_export.ExportOptions("tiny_ats", max_k=40, output=str(out)))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def deit_s_export(tmp_path_factory):
+    from tscli.export.onnx_export import ExportOptions, export_onnx
+
+    path = tmp_path_factory.mktemp("deit") / "deit_s_ats.onnx"
+    result = export_onnx(ExportOptions("deit_s_ats", max_k=120, output=str(path)))
+    return path, result
+
+
+def test_deit_s_ats_acceptance(deit_s_export, sample_arrays):
+    """Issue 2 acceptance on the real architecture: K = 120, 96, 48 and batch 1 and 3 from one
+    file, counts <= K+1, ORT == PyTorch (<= 1e-4) on real images, differs from dense deit_s."""
+    path, result = deit_s_export
+    assert result.validation.ok and result.lint.ok
+    onnx.checker.check_model(str(path), full_check=True)
+    from tscli.export.validate import run_parity
+    from tscli.runtime.preprocess import preprocess
+
+    meta = load(path).meta
+    x = preprocess(sample_arrays[:3], meta)
+    built = build_from_metadata(meta)
+    report = run_parity(lambda k: load(path, k=k), built, x, [120, 96, 48], executions=("padded",))
+    assert report.ok, report.to_dict()
+    for k in (120, 96, 48):
+        runner = load(path, k=k)
+        for batch in (1, 3):
+            counts = runner.infer(x[:batch])[C.OUTPUT_COUNTS]
+            assert counts.shape == (batch, 9) and (counts <= k + 1).all()
+    import torch
+
+    from tscli.models.build import build_model
+    from tscli.models.registry import get_config
+
+    with torch.no_grad():
+        dense = build_model(get_config("deit_s")).module(torch.from_numpy(x)).numpy()
+    ats = load(path, k=48).infer(x)[C.OUTPUT_LOGITS]
+    assert np.abs(ats - dense).max() > 1e-2
