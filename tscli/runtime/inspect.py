@@ -24,7 +24,12 @@ def inspect_file(path: str | Path) -> dict:
         "inputs": [{"name": i.name, "type": i.type, "shape": list(i.shape)} for i in sess.get_inputs()],
         "outputs": [{"name": o.name, "type": o.type, "shape": list(o.shape)} for o in sess.get_outputs()],
     }
-    info["gflops"] = gflops_table(meta)
+    if meta.get("family") in ("dovit", "seg"):
+        from .segmentation import seg_gflops_table
+
+        info["gflops"] = seg_gflops_table(meta)
+    else:
+        info["gflops"] = gflops_table(meta)
     if importlib.util.find_spec("onnx") is not None:
         import onnx
 

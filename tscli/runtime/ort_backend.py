@@ -32,6 +32,9 @@ class OrtBackend:
             raise ModelFileError(f"{str(path)!r} is not a loadable ONNX model: {first[:300]}") from None
         self.metadata_props = dict(self.session.get_modelmeta().custom_metadata_map)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        # Inputs with a default (an initializer of the same name, e.g. DoViT's xi) are listed
+        # separately by ORT; a feed still overrides them.
+        self.input_names += [i.name for i in self.session.get_overridable_initializers()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     @property

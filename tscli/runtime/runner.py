@@ -31,13 +31,30 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 class Runner:
-    def __init__(self, backend, k: int | None = None):
+    def __init__(self, backend, k: int | None = None, xi: float | None = None):
         self.backend = backend
         self.meta = C.decode_metadata(backend.metadata_props)
         if "model" not in self.meta or "family" not in self.meta:
             raise ModelFileError("this ONNX file was not exported by tscli (no tscli.* metadata); export it with `tscli export`")
         self.k = self._check_k(k)
         self._k_feed = None if self.k is None else np.zeros(self.k, np.float32)
+        self.xi = self._check_xi(xi)
+
+    def _check_xi(self, xi):
+        """DoViT threshold chosen at load; None = the file's default (the export value)."""
+        if C.INPUT_XI not in self.backend.input_names:
+            if xi is not None:
+                raise UsageError(f"xi={xi} given, but {self.meta['model']} ({self.meta['family']}) has no threshold to choose")
+            return None
+        if xi is None:
+            return float(self.meta.get("xi", 1.0))
+        try:
+            xi = float(xi)
+        except (TypeError, ValueError):
+            raise UsageError(f"xi={xi!r} is not a number; valid: 0 <= xi <= 1") from None
+        if not 0.0 <= xi <= 1.0:
+            raise UsageError(f"xi={xi!r} is out of range; valid: 0 <= xi <= 1 (1.0 = no token stops)")
+        return xi
 
     def _check_k(self, k):
         max_k = self.meta.get("max_k")
@@ -72,10 +89,18 @@ class Runner:
         feeds = {C.INPUT_IMAGES: np.ascontiguousarray(x, dtype=np.float32)}
         if self._k_feed is not None:
             feeds[C.INPUT_K] = self._k_feed
+        if self.xi is not None:
+            feeds[C.INPUT_XI] = np.asarray(self.xi, np.float32)
         out = self.backend.run(feeds)
         if C.OUTPUT_COUNTS not in out:
             out[C.OUTPUT_COUNTS] = np.zeros((x.shape[0], 0), np.int64)
         return out
+
+    def segment(self, images) -> list:
+        """Segmentation files: images -> one runtime.segmentation.Segmentation per image."""
+        from .segmentation import segment
+
+        return segment(self, images)
 
     def predict(self, images, topk: int = 5) -> list[Prediction]:
         images = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -91,12 +116,14 @@ class Runner:
         return preds
 
 
-def load(path: str | Path, k: int | str | None = None, backend: str = "ort", threads: int | None = None) -> Runner:
-    """Open an exported model. k=None means max_k. backend: one of BACKENDS."""
+def load(path: str | Path, k: int | str | None = None, backend: str = "ort", threads: int | None = None,
+         xi: float | None = None) -> Runner:
+    """Open an exported model. k=None means max_k; xi=None means the file's default (DoViT).
+    backend: one of BACKENDS."""
     if backend == "ort":
         from .ort_backend import OrtBackend
 
-        return Runner(OrtBackend(path, threads=threads), k)
+        return Runner(OrtBackend(path, threads=threads), k, xi)
     if backend in BACKENDS:
         from .gpu import open_gpu_backend
 

@@ -1,0 +1,137 @@
+"""Segmentation files (DoViT / dense SETR) at run time: class maps, colourised overlays, GFLOPs.
+
+numpy + Pillow only (no torch). The overlay is drawn on the network's input view of the image
+(resized and centre-cropped as preprocessing did), so every pixel of the class map has its pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..export import contract as C
+from .flops import Arch, block_flops
+from .preprocess import preprocess
+
+SEG_FAMILIES = ("dovit", "seg")
+
+
+@dataclass
+class Segmentation:
+    source: str
+    class_map: np.ndarray  # [H, W] int32 argmax class per pixel
+    view: np.ndarray  # [H, W, 3] uint8: the input as the network saw it (for overlays)
+    kept_counts: list[int] = field(default_factory=list)  # patch tokens active after each decision
+    saturated: bool = False
+    kept_fraction: float = 1.0  # tokens still active after the last decision / patches
+    gflops: float | None = None  # token-pass equivalent for this image's kept counts
+
+
+def palette(n: int) -> np.ndarray:
+    """n distinct RGB colours (uint8 [n, 3]); fixed, so maps of different runs compare by eye."""
+    rng = np.random.default_rng(12345)
+    cols = rng.integers(40, 256, size=(max(n, 1), 3)).astype(np.uint8)
+    return cols[:n]
+
+
+def colourise(class_map: np.ndarray, n_classes: int) -> np.ndarray:
+    return palette(n_classes)[np.clip(class_map, 0, n_classes - 1)]
+
+
+def overlay(view: np.ndarray, class_map: np.ndarray, n_classes: int, alpha: float = 0.5) -> np.ndarray:
+    mixed = (1 - alpha) * view.astype(np.float32) + alpha * colourise(class_map, n_classes).astype(np.float32)
+    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
+def _view(x: np.ndarray, meta: dict) -> np.ndarray:
+    """Undo the normalisation of one preprocessed image [3, H, W] -> uint8 [H, W, 3]."""
+    mean = np.asarray(meta["mean"], np.float32).reshape(3, 1, 1)
+    std = np.asarray(meta["std"], np.float32).reshape(3, 1, 1)
+    return np.clip((x * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def segment(runner, images) -> list[Segmentation]:
+    """Runner of a segmentation file + images (paths / PIL / uint8 arrays) -> one result per image."""
+    meta = runner.meta
+    if meta.get("family") not in SEG_FAMILIES:
+        raise InputError(f"{meta.get('model')} is a {meta.get('family')} model, not a segmentation model")
+    images = list(images) if isinstance(images, (list, tuple)) else [images]
+    x = preprocess(images, meta)
+    out = runner.infer(x)
+    class_maps = out[C.OUTPUT_SEG].argmax(axis=1).astype(np.int32)
+    patches = int(np.prod(meta.get("grid") or [1]))
+    results = []
+    for i, image in enumerate(images):
+        counts = [int(c) for c in out[C.OUTPUT_COUNTS][i]] if out[C.OUTPUT_COUNTS].size else []
+        source = str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__} #{i}>"
+        saturated = bool(out[C.OUTPUT_SATURATED][i]) if C.OUTPUT_SATURATED in out else False
+        results.append(Segmentation(
+            source, class_maps[i], _view(x[i], meta), counts, saturated,
+            counts[-1] / patches if counts else 1.0, seg_gflops(meta, counts or None),
+        ))
+    return results
+
+
+def write_outputs(result: Segmentation, folder: str | Path, n_classes: int) -> tuple[Path, Path]:
+    """Write STEM_classes.png (class index per pixel, 8/16-bit grey) and STEM_overlay.png."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(result.source).stem if not result.source.startswith("<") else "image"
+    dtype = np.uint8 if n_classes <= 256 else np.uint16
+    paths = (folder / f"{stem}_classes.png", folder / f"{stem}_overlay.png")
+    Image.fromarray(result.class_map.astype(dtype)).save(paths[0])
+    Image.fromarray(overlay(result.view, result.class_map, n_classes)).save(paths[1])
+    return paths
+
+
+# -- analytic GFLOPs (same conventions as runtime/flops.py: 1 multiply-add = 2 FLOPs) ----------
+
+
+def _arch(meta: dict) -> Arch:
+    chans, h, w = meta["input_size"]
+    p = int(meta["patch_size"])
+    return Arch(int(meta["embed_dim"]), int(meta["depth"]), (h // p) * (w // p), chans * p * p,
+                int(meta["num_classes"]), tuple(meta.get("stages") or ()))
+
+
+def seg_flops(meta: dict, widths: list[int] | None) -> int:
+    """Patch embedding + blocks + decoder and aux heads (1x1 on all patches; upsampling not
+    counted). widths: kept patch tokens after each decision layer (None = dense). Blocks after
+    decision i run on widths[i] + 1 tokens (CLS); the aux heads always see the full map."""
+    a = _arch(meta)
+    heads = 1 + (len(a.stages) if widths is not None else 0)
+    total = 2 * a.num_patches * a.patch_dim * a.embed_dim + heads * 2 * a.num_patches * a.embed_dim * a.num_classes
+    t = a.tokens
+    for i in range(a.depth):
+        total += block_flops(a, t, t)
+        if widths is not None and i in a.stages:
+            t = int(widths[a.stages.index(i)]) + 1
+    return total
+
+
+def seg_gflops(meta: dict, widths: list[int] | None = None) -> float | None:
+    try:
+        if meta.get("family") == "dovit" and widths is None and meta.get("max_keep"):
+            widths = [int(meta["max_keep"])] * len(meta.get("stages") or ())
+        return seg_flops(meta, widths if meta.get("family") == "dovit" else None) / 1e9
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def seg_gflops_table(meta: dict) -> dict:
+    """For `inspect`: dense, the padded graph at its capacity C (what runs, an upper bound for any
+    xi) and at C/2, C/4 (what smaller capacities would cost)."""
+    try:
+        table = {"dense": seg_flops(meta, None) / 1e9}
+    except (KeyError, TypeError, ValueError):
+        return {}
+    cap, n = meta.get("max_keep"), len(meta.get("stages") or ())
+    if meta.get("family") == "dovit" and cap and n:
+        for c in sorted({int(cap), max(1, int(cap) // 2), max(1, int(cap) // 4)}, reverse=True):
+            table[f"C={c}"] = seg_flops(meta, [c] * n) / 1e9
+    return table
