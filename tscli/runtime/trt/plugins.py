@@ -7,16 +7,16 @@ from pathlib import Path
 
 from ...errors import MissingDependency, ModelFileError
 
-_loaded: dict[str, object] = {}  # path -> handle: loading the same library twice registers creators twice
+_loaded: dict[tuple, object] = {}  # (registry, path) -> handle: loading the same library twice registers creators twice
 
 
 def load_plugin_library(trt, path: str | Path):
     """IPluginV3 libraries export getCreators(); only the registry's load_library (TensorRT >= 10)
     calls it, so a plain ctypes load would register nothing."""
-    key = str(Path(path).resolve())
-    if key in _loaded:
-        return _loaded[key]
     registry = trt.get_plugin_registry()
+    key = str(Path(path).resolve())
+    if (id(registry), key) in _loaded:
+        return _loaded[(id(registry), key)]
     if not hasattr(registry, "load_library"):
         raise MissingDependency(f"TensorRT {trt.__version__} cannot load {Path(path).name}: the tscli plugins are "
                                 "IPluginV3 and need TensorRT >= 10; use the plain form (`tscli export --form plain`)")
@@ -29,7 +29,7 @@ def load_plugin_library(trt, path: str | Path):
     if handle is None:
         raise ModelFileError(f"TensorRT could not load the plugin library {key} ({reason}); was it built for this "
                              "TensorRT/CUDA? rebuild it with CMake on this device (docs/jetson.md)")
-    _loaded[key] = handle
+    _loaded[(id(registry), key)] = handle
     return handle
 
 
