@@ -20,8 +20,9 @@ from .errors import TscliError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export token-sampling ViTs (ATS) to ONNX / TensorRT and run them with a per-device K.")
-out = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, files) gets a wide console instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 _state = {"debug": False}
 
 
@@ -153,7 +154,10 @@ def inspect(
         out.print_json(json.dumps(info))
         return
     table = Table("metadata", "value", title=str(file))
-    for key, value in info["metadata"].items():
+    from .export.contract import META_KEYS
+
+    order = {key: i for i, key in enumerate(META_KEYS)}
+    for key, value in sorted(info["metadata"].items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
         if key != "label_names":
             table.add_row(key, json.dumps(value))
     out.print(table)
@@ -230,11 +234,11 @@ def _run_seg(runner, files: list[Path], out_dir: Path, as_json: bool) -> None:
 
 
 def _print_parity(report) -> None:
-    table = Table("K", "torch exec", "images", "max|dlogit|", "min cos", "top-1", "counts", "kept sets", "near-ties", "ok",
+    table = Table("K", "torch", "n", "max|dlogit|", "min cos", "top-1", "counts", "kept sets", "near-ties", "ok",
                   title=f"parity: {report.backend} ({report.provider}) vs PyTorch, tol {report.tolerance:.0e}")
     for r in report.rows:
         checked = r.images - r.near_ties
-        table.add_row(str(r.k), r.execution, str(r.images), f"{r.max_abs_diff:.2e}", f"{r.min_cosine:.7f}",
+        table.add_row(str(r.k), r.execution, str(r.images), f"{r.max_abs_diff:.1e}", f"{r.min_cosine:.6f}",
                       f"{r.top1_agree}/{checked}", f"{r.counts_agree}/{r.images}", f"{r.sets_agree}/{checked}",
                       str(r.near_ties), "[green]yes[/]" if r.ok else "[red]NO[/]")
     out.print(table)

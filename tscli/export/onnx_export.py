@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ from .. import __version__
 from ..errors import TscliError, UsageError
 from ..models.ats import ExportWrapper
 from ..models.build import BuiltModel, build_model
+from ..models.labels import label_names
 from ..models.registry import get_config, parse_stages
 from ..models.sampling import SCHEMES
 from . import contract as C
@@ -90,6 +92,7 @@ def metadata_for(built: BuiltModel, max_k: int | None, opts: ExportOptions) -> d
         "mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
         "num_classes": cfg.num_classes, "labels": cfg.labels, "opset": opts.opset, "weights": built.weights,
         "dense_name": cfg.dense_name, "embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
+        "label_names": label_names(cfg.labels, cfg.num_classes),
     }
 
 
@@ -141,9 +144,12 @@ def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda ms
     progress(f"building {cfg.name} ({'checkpoint' if opts.checkpoint else 'random weights'})")
     built = build_model(cfg, checkpoint=opts.checkpoint, seed=opts.seed)
     progress("tracing and converting to ONNX")
-    model = _torch_export(built, max_k, opts.opset)
-    if cfg.family == "ats":
-        model = (to_plugin_form if opts.form == "plugin" else to_plain_form)(model, cfg.scheme, opts.opset)
+    with warnings.catch_warnings():
+        # torch's exporter warns about its own internals (axis renaming, deprecations): noise here.
+        warnings.simplefilter("ignore")
+        model = _torch_export(built, max_k, opts.opset)
+        if cfg.family == "ats":
+            model = (to_plugin_form if opts.form == "plugin" else to_plain_form)(model, cfg.scheme, opts.opset)
     meta = metadata_for(built, max_k, opts)
     for key, value in C.encode_metadata(meta).items():
         model.metadata_props.add(key=key, value=value)
