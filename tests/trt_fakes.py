@@ -171,3 +171,106 @@ def fake_tensorrt(version: str = "10.3.0.30", rec: Recorder | None = None, creat
     trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
     trt.get_plugin_registry = lambda: registry
     return trt
+
+
+def add_fake_runtime(trt: types.ModuleType) -> types.ModuleType:
+    """Runtime side of the fake: an 'engine' whose profiles are read back from the fake engine bytes
+    and whose 'execution' computes logits = mean over H, W (the graph of make_onnx) and
+    kept_counts = K + 1 (int32, as TensorRT 8.6 would give) through the host-memory fake CUDA."""
+    import ast
+    import ctypes
+
+    rec = trt.recorder
+    trt.TensorIOMode = IntEnum("TensorIOMode", {"INPUT": 1, "OUTPUT": 2})
+    trt.DataType = IntEnum("DataType", {"FLOAT": 1, "INT32": 2})
+    trt.nptype = lambda dt: {trt.DataType.FLOAT: np.float32, trt.DataType.INT32: np.int32}[dt]
+    io = {"images": (0, 0), "k_select": (0, 0), "logits": (1, 0), "kept_counts": (1, 1)}
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.shapes, self.addr = engine, {}, {}
+
+        def set_optimization_profile_async(self, index, stream):
+            rec.calls.append(("set_optimization_profile_async", index))
+            self.profile = index
+            return True
+
+        def set_input_shape(self, name, shape):
+            rec.calls.append(("set_input_shape", name, tuple(shape)))
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name):
+            b = self.shapes["images"][0]
+            return {"logits": (b, 3), "kept_counts": (b, 3)}.get(name, self.shapes.get(name))
+
+        def set_tensor_address(self, name, ptr):
+            self.addr[name] = ptr
+
+        def execute_async_v3(self, stream):
+            shape = self.shapes["images"]
+            n = int(np.prod(shape))
+            images = np.frombuffer((ctypes.c_float * n).from_address(self.addr["images"]), np.float32).reshape(shape)
+            logits = images.mean(axis=(2, 3)).astype(np.float32)
+            counts = np.full((shape[0], 3), self.shapes["k_select"][0] + 1, np.int32)
+            ctypes.memmove(self.addr["logits"], logits.ctypes.data, logits.nbytes)
+            ctypes.memmove(self.addr["kept_counts"], counts.ctypes.data, counts.nbytes)
+            return True
+
+    class Engine:
+        def __init__(self, profiles):
+            self.profiles = profiles
+            self.num_optimization_profiles = len(profiles)
+            self.num_io_tensors = len(io)
+
+        def get_tensor_name(self, i):
+            return list(io)[i]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode(io[name][0] + 1)
+
+        def get_tensor_dtype(self, name):
+            return trt.DataType(io[name][1] + 1)
+
+        def get_tensor_profile_shape(self, name, index):
+            return self.profiles[index][name]
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            rec.calls.append(("deserialize_cuda_engine",))
+            return Engine(ast.literal_eval(data.decode().split(":", 1)[1]))
+
+    trt.Runtime = Runtime
+    return trt
+
+
+def fake_cudart() -> types.ModuleType:
+    """cuda-python's runtime API over host memory: 'device' pointers are ctypes buffers."""
+    import ctypes
+
+    rt = types.ModuleType("fake_cudart")
+    rt.buffers = {}
+    rt.cudaMemcpyKind = IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2})
+
+    def malloc(n):
+        buf = ctypes.create_string_buffer(n)
+        rt.buffers[ctypes.addressof(buf)] = buf
+        return 0, ctypes.addressof(buf)
+
+    def memcpy(dst, src, n, kind, stream):
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+    rt.cudaMalloc = malloc
+    rt.cudaMemcpyAsync = memcpy
+    rt.cudaStreamCreate = lambda: (0, 7)
+    rt.cudaStreamSynchronize = lambda stream: (0,)
+    rt.cudaFree = lambda ptr: (rt.buffers.pop(ptr, None), 0)[1:]
+    rt.cudaGetErrorString = lambda err: (0, b"fake error")
+    return rt
