@@ -91,6 +91,26 @@ def test_logic_plugin_form_loads_library_checks_creators_and_hashes(monkeypatch,
         B.build_engine(B.BuildOptions(str(src), str(tmp_path / "q.engine"), plugins=str(lib)))
 
 
+def test_logic_plugins_refused_on_tensorrt_8(monkeypatch, tmp_path):
+    src = make_onnx(tmp_path / "p.onnx", plugin_node=True, form="plugin")
+    lib = tmp_path / "libtscli_plugins.so"
+    lib.write_bytes(b"fake")
+    trt = _with_fake(monkeypatch, "8.6.1")
+    with pytest.raises(UsageError, match=r"IPluginV3 and need TensorRT >= 10 \(this host has 8\.6\.1\)"):
+        B.build_engine(B.BuildOptions(str(src), str(tmp_path / "p.engine"), plugins=str(lib)))
+    assert "load_library" not in trt.recorder.names()
+
+
+def test_read_source_without_onnx_package(monkeypatch, tmp_path):
+    """A deploy host may have only onnxruntime: metadata, inputs and the plugin op come from it."""
+    find_spec = B.importlib.util.find_spec
+    monkeypatch.setattr(B.importlib.util, "find_spec", lambda name: None if name == "onnx" else find_spec(name))
+    # (the fake has no function body for ORT to run, so the plugin op is known from form=plugin only)
+    src = B.read_source(make_onnx(tmp_path / "p.onnx", form="plugin"))
+    assert src.input_names == ["images", "k_select"] and src.input_types["images"] == "float32"
+    assert src.custom_ops == [{"name": "ATSSample", "namespace": "tscli", "version": "1"}] and src.lint_error is None
+
+
 def test_logic_parser_error_names_the_fix(monkeypatch, tmp_path):
     src = make_onnx(tmp_path / "p.onnx", plugin_node=True, form="plugin")
     monkeypatch.setenv("TSCLI_PLUGIN_PATH", str(tmp_path / "nowhere"))

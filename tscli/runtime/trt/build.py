@@ -251,6 +251,11 @@ def build_engine(opts: BuildOptions, progress=lambda msg: None) -> BuildResult:
     major = check_trt_version(trt)[0]
     logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     warnings: list[str] = []
+    if plan.plugin_library is not None and major < 10:
+        if opts.plugins:
+            raise UsageError(f"--plugins: the tscli plugins are IPluginV3 and need TensorRT >= 10 (this host has "
+                             f"{trt.__version__}); build without --plugins (the sampling body is inlined)")
+        plan.plugin_library = None  # found on the search path but unusable here: the body is inlined
     if plan.plugin_library is not None:
         progress(f"loading plugins {plan.plugin_library.name}")
         load_plugin_library(trt, plan.plugin_library)
