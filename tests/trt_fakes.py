@@ -40,7 +40,8 @@ def make_onnx(path: Path, nonzero: bool = False, plugin_node: bool = False, k_in
                                       plugin_version="1", plugin_namespace="tscli"))
         outputs.append(helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["batch", 3]))
         opsets.append(helper.make_opsetid(C.PLUGIN_DOMAIN, 1))
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs), opset_imports=opsets)
+    # IR 9: the onnx package writes a newer IR than this onnxruntime reads
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs), opset_imports=opsets, ir_version=9)
     for key, value in C.encode_metadata({**BASE_META, **meta}).items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
