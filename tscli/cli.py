@@ -319,10 +319,24 @@ def bench(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint the file was exported from (to rebuild reference graphs)."),
     graphs_dir: Optional[Path] = typer.Option(None, "--graphs-dir", help="Keep/reuse the exported reference graphs here."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable report (schema tscli.bench/1)."),
+    xi: Optional[List[str]] = typer.Option(None, "--xi", help="DoViT files: thresholds to time (default: the export value)."),
 ):
     """Latency per (K, batch) vs the dense baseline and the ideal bound, interleaved so drift cancels."""
+    from .runtime import load
     from .runtime.bench import bench as run_bench
 
+    if load(file, threads=1).meta.get("family") in ("dovit", "seg"):
+        if k or ideal or no_dense:
+            raise UsageError("--k/--ideal/--no-dense apply to ATS files; this is a segmentation file (use --xi)")
+        from .runtime.segmentation import bench_seg
+
+        with _status("benchmarking") as status:
+            report = bench_seg(file, _parse_floats(xi, "--xi"), _parse_ints(batch, "--batch"), threads, runs, warmup,
+                               baseline, str(checkpoint) if checkpoint else None, graphs_dir,
+                               progress=lambda msg: status.update(msg))
+        return out.print_json(json.dumps(report)) if as_json else _print_seg_bench(report)
+    if xi:
+        raise UsageError("--xi applies to DoViT segmentation files")
     with _status("benchmarking") as status:
         report = run_bench(file, _parse_ints(k, "--k") or None, _parse_ints(batch, "--batch"), backend, threads, runs, warmup,
                            baseline, ideal, not no_dense, str(checkpoint) if checkpoint else None, graphs_dir,
@@ -331,6 +345,17 @@ def bench(
         out.print_json(json.dumps(report))
     else:
         _print_bench(report)
+
+
+def _print_seg_bench(report: dict) -> None:
+    table = Table("xi", "batch", "DoViT ms", "dense ms", "speed-up", "kept frac", "saturated", "GFLOPs padded / token-pass / dense",
+                  title=f"bench {report['model']} C={report['max_keep']} input {report['input_size'][1]}x{report['input_size'][2]}: "
+                        f"ort {report['provider']}, threads={report['threads'] or 'default'}, median of {report['runs']} interleaved runs")
+    for r in report["rows"]:
+        table.add_row(f"{r['xi']:g}", str(r["batch"]), f"{r['dovit_ms']:.1f}", f"{r['dense_ms']:.1f}", f"{r['speedup_vs_dense']:.2f}x",
+                      f"{r['kept_fraction']:.3f}", f"{r['saturated']}/{r['batch']}",
+                      f"{r['gflops_padded']:.3g} / {r['gflops_token_pass']:.3g} / {r['gflops_dense']:.3g}")
+    out.print(table)
 
 
 @app.command()

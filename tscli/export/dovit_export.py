@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,7 @@ from ..models.dovit import PaddedExport, SegConfig, check_xi, parse_hw
 from ..models.registry import get_config
 from . import contract as C
 from .lint import LintReport, lint_model
+from .onnx_export import optimize_graph
 
 SEG_FAMILIES = ("dovit", "seg")
 MIN_OPSET = 17
@@ -106,13 +108,15 @@ def _torch_export(built: BuiltModel, hw, cap, xi, opset: int) -> onnx.ModelProto
         module, example = built.module, (images,)
         dynamic = {"images": {0: batch}}
         names = ([C.INPUT_IMAGES], [C.OUTPUT_SEG])
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's warnings about its own internals
         prog = torch.onnx.export(
             module, example, dynamo=True, external_data=False, opset_version=opset, verbose=False,
             input_names=names[0], output_names=names[1], dynamic_shapes=dynamic,
         )
-    model = prog.model_proto
+    model = optimize_graph(prog.model_proto)
     if built.config.family == "dovit":
+        # After optimisation: the optimiser would constant-fold an initializer-backed input.
         add_input_default(model, C.INPUT_XI, np.float32(xi))
     return model
 
@@ -306,3 +310,21 @@ def seg_parity_for_file(path: Path, checkpoint: Path | None, images: Path | None
     x = parity_inputs(meta, images, n)
     xis = xis or default_xis(built, x, meta)
     return seg_parity(lambda xi: load(path, xi=xi, threads=threads), built, x, xis)
+
+
+def export_dense_baseline(meta: dict, path: str | Path, checkpoint: str | None = None) -> Path:
+    """The dense SETR model with the same weights and input size as a DoViT file (for bench)."""
+    from ..models.checkpoints import file_sha256
+
+    weights = str(meta.get("weights", ""))
+    opts = SegExportOptions(meta.get("dense_name") or "", input_size=f"{meta['input_size'][1]}x{meta['input_size'][2]}",
+                            output=str(path), opset=int(meta.get("opset", 18)), validate=False)
+    if weights.startswith("random(seed="):
+        opts.seed = int(weights[len("random(seed="):-1])
+    elif not checkpoint:
+        raise UsageError("this file was exported from a checkpoint; pass it with --checkpoint (or give --baseline FILE)")
+    elif "sha256:" + file_sha256(checkpoint) != weights:
+        raise UsageError(f"checkpoint {checkpoint!r} is not the one this file was exported from")
+    else:
+        opts.checkpoint = checkpoint
+    return export_seg(opts).path
