@@ -290,3 +290,17 @@ def test_cli_run_writes_class_maps_and_overlays(seg_files, tmp_path):
         "astronaut_classes.png", "astronaut_overlay.png", "coffee_classes.png", "coffee_overlay.png"]
     bad = _cli("run", seg_files["c64"].path, tmp_path / "imgs", "--xi", "2")
     assert bad.returncode != 0 and "xi=2.0 is out of range" in bad.stderr
+
+
+def test_bench_seg_report(seg_files, tmp_path):
+    from tscli.runtime.segmentation import bench_seg
+
+    path = seg_files["c64"].path
+    report = bench_seg(path, [1.0, 0.05], [1], runs=2, warmup=0, graphs_dir=tmp_path)
+    assert (tmp_path / "tiny_dovit.dense.onnx").is_file()  # exported with the same (seeded) weights
+    rows = {r["xi"]: r for r in report["rows"]}
+    assert rows[1.0]["saturated"] == 1 and rows[1.0]["kept_fraction"] == 0.5
+    assert rows[0.05]["kept_fraction"] == 0.0 and rows[0.05]["gflops_token_pass"] < rows[0.05]["gflops_padded"]
+    assert all(len(r["samples_ms"]["dovit"]) == 2 and r["dovit_ms"] > 0 and r["dense_ms"] > 0 for r in report["rows"])
+    with pytest.raises(UsageError, match="not a dense segmentation model"):
+        bench_seg(path, [1.0], [1], runs=1, warmup=0, baseline=seg_files["dense48"].path)  # wrong input size
