@@ -95,11 +95,18 @@ def to_plugin_form(model: onnx.ModelProto, scheme: str, opset: int) -> onnx.Mode
 
 
 def to_plain_form(model: onnx.ModelProto, scheme: str, opset: int) -> onnx.ModelProto:
-    """Inline the body: only standard operators remain."""
+    """Inline the body, then simplify: only standard operators remain.
+
+    The inlined body comes from a standalone export (dynamic B, N, K), so it carries its own
+    Shape/Cast/Expand bookkeeping; the optimizer folds what the surrounding graph makes constant
+    and removes what is dead, which is most of the cost of the sampling step at batch 1.
+    """
     from onnx import inliner
+
+    from .onnx_export import optimize_graph  # lazy: onnx_export imports this module
 
     model = inliner.inline_local_functions(to_plugin_form(model, scheme, opset))
     kept = [o for o in model.opset_import if o.domain != PLUGIN_DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(kept)
-    return model
+    return optimize_graph(model)

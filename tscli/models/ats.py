@@ -46,8 +46,7 @@ def key_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     """[B, 1, 1, T] additive bias: 0 for valid keys, -inf for padding (exactly zero weight)."""
     if mask is None:
         return None
-    zero = torch.zeros((), dtype=dtype, device=mask.device)
-    return torch.where(mask, zero, torch.full_like(zero, float("-inf")))[:, None, None, :]
+    return torch.where(mask, 0.0, float("-inf")).to(dtype)[:, None, None, :]
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None) -> Tensor:
@@ -62,6 +61,24 @@ def gather_rows(x: Tensor, index: Tensor) -> Tensor:
     """x [B, T, ...] rows at index [B, S] -> [B, S, ...]."""
     idx = index.long().reshape(index.shape + (1,) * (x.dim() - 2)).expand(index.shape + x.shape[2:])
     return torch.gather(x, 1, idx)
+
+
+def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, T, C] rows at index [B, S] -> [B, S, C], as one Gather on the flattened [B*T, C]."""
+    b, t = x.shape[0], x.shape[1]
+    flat = (index + torch.arange(b, device=index.device).unsqueeze(1) * t).reshape(-1)
+    return x.reshape(b * t, x.shape[2]).index_select(0, flat).reshape(b, index.shape[1], x.shape[2])
+
+
+def gather_heads(q: Tensor, index: Tensor) -> Tensor:
+    """q [B, H, T, d] rows at index [B, S] (per image, same for every head) -> [B, H, S, d].
+
+    One Gather on the flattened [B*H*T, d]: no transpose to and from the token layout.
+    """
+    b, h, t, d = q.shape
+    base = (torch.arange(b, device=index.device).unsqueeze(1) * h + torch.arange(h, device=index.device)) * t  # [B, H]
+    flat = (index.unsqueeze(1) + base.unsqueeze(-1)).reshape(-1)
+    return q.reshape(b * h * t, d).index_select(0, flat).reshape(b, h, index.shape[1], d)
 
 
 class TokenSamplingBlock(Block):
@@ -93,24 +110,34 @@ class TokenSamplingBlock(Block):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def forward(self, state: TokenState, k_like: Tensor | None = None, records: list | None = None) -> TokenState:
+        if self.sampling:
+            return self.sample_stage(state, k_like, records)
         q, k, v = self.qkv_heads(state.x)
-        bias = key_bias(state.mask, q.dtype)
-        if not self.sampling:
-            o = attend(q, k, v, self.attn.scale, bias)
-            return TokenState(self.finish(state.x, o), state.mask, state.positions)
-        return self.sample_stage(state, q, k, v, bias, k_like, records)
+        o = attend(q, k, v, self.attn.scale, key_bias(state.mask, q.dtype))
+        return TokenState(self.finish(state.x, o), state.mask, state.positions)
 
-    def sample_stage(self, state, q, k, v, bias, k_like, records) -> TokenState:
-        b, t, d = state.x.shape
-        mask = state.mask if state.mask is not None else torch.ones(b, t, dtype=torch.bool, device=q.device)
+    def sample_stage(self, state: TokenState, k_like: Tensor, records: list | None) -> TokenState:
+        """Score, pick, then compute attention rows / proj / MLP only for the K + 1 output slots.
+
+        Written for the exported graph's speed: q rows (in the head layout) and input rows are
+        taken with one flat Gather each (not GatherElements over an expanded index), ||v_j|| is reduced in the head
+        layout (no transpose copy), and only the CLS query row is computed for scoring.
+        """
+        attn, (b, t, d) = self.attn, state.x.shape
+        heads = attn.num_heads
+        qkv = attn.qkv(self.norm1(state.x))  # [B, T, 3D]
+        q, k, v = qkv.reshape(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        k = attn.k_norm(k)
+        bias = key_bias(state.mask, q.dtype)
         # Step 2: s_j = (sum_h A[h, 0, j]) * ||v_j||, over candidates j >= 1.
-        cls_row = (torch.matmul(q[:, :, :1] * self.attn.scale, k.transpose(-2, -1)))
+        cls_row = torch.matmul(attn.q_norm(q[:, :, :1]) * attn.scale, k.transpose(-2, -1))
         if bias is not None:
             cls_row = cls_row + bias
         cls_attn = cls_row.softmax(dim=-1).sum(dim=1)[:, 0, 1:]  # [B, T-1]
-        v_norm = v.transpose(1, 2).reshape(b, t, d).norm(dim=-1)[:, 1:]
-        scores = cls_attn * v_norm
-        valid = mask[:, 1:]
+        scores = cls_attn * torch.linalg.vector_norm(v, dim=(1, 3))[:, 1:]
+        # Before the first stage every token is valid; scores are finite, so this is all-true
+        # (one node, where a ones tensor of a symbolic shape costs three).
+        valid = state.mask[:, 1:] if state.mask is not None else scores == scores
         if self.use_custom_op:
             index, slot_mask = torch.ops.tscli.ats_sample(scores, valid, k_like, self.scheme)
             margin = None
@@ -118,16 +145,16 @@ class TokenSamplingBlock(Block):
             index, slot_mask = ops.ats_sample_reference(scores, valid, k_like, self.scheme)
             margin = ats_pick(scores, valid, k_like, self.scheme)[1] if self.record_margin else None
         index = index.long()
-        o = attend(gather_rows(q.transpose(1, 2), index).transpose(1, 2), k, v, self.attn.scale, bias)
-        x = self.finish(gather_rows(state.x, index), o)
         positions = index if state.positions is None else torch.gather(state.positions, 1, index)
         if records is not None:
             records.append(
-                StageRecord(slot_mask.sum(dim=1), torch.where(slot_mask, positions, torch.full_like(positions, -1)), margin)
+                StageRecord(slot_mask.sum(dim=1), torch.where(slot_mask, positions, -1), margin)
             )
-        if self.execution == "trimmed":
+        if self.execution == "trimmed":  # cut before the row work: trimmed pays only for the kept rows
             width = int(slot_mask.sum(dim=1).max())
-            x, slot_mask, positions = x[:, :width], slot_mask[:, :width], positions[:, :width]
+            index, slot_mask, positions = index[:, :width], slot_mask[:, :width], positions[:, :width]
+        o = attend(gather_heads(attn.q_norm(q), index), k, v, attn.scale, bias)
+        x = self.finish(gather_tokens(state.x, index), o)
         return TokenState(x, slot_mask, positions)
 
 

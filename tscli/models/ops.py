@@ -25,7 +25,7 @@ SCHEME_CODES = {name: code for code, name in enumerate(SCHEMES)}
 
 def ats_sample_reference(scores: Tensor, valid: Tensor, k_like: Tensor, scheme: str) -> tuple[Tensor, Tensor]:
     """Pure-tensor implementation (also what gets exported as the node's body)."""
-    keep, _ = ats_pick(scores, valid, k_like, scheme)
+    keep, _ = ats_pick(scores, valid, k_like, scheme, with_margin=False)
     index, mask = slot_indices(keep, k_like)
     return index.to(torch.int32), mask
 

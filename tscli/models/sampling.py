@@ -1,11 +1,17 @@
 """ATS token picking (DESIGN.md section 2, steps 2-6) as plain tensor functions.
 
 Written so that ``torch.onnx.export`` gives a static-shape graph made only of operators that
-TensorRT parses: no sort, no NonZero/Unique, no CumSum, no ArgMin. The stable ascending sort is
-expressed as a pairwise "comes before" matrix, from which each token's sorted position (rank) and
-its CDF value (a MatMul) follow directly, in the tokens' own order. The nearest-point search
-then only needs exact float comparisons and a min over ranks, which implements the rule "ties go
-to the lowest sorted position" without reordering anything.
+TensorRT parses: no sort, no NonZero/Unique, no CumSum. The stable ascending sort is expressed
+as a pairwise "comes before" matrix, from which each token's sorted position (rank) and its CDF
+value (a MatMul) follow directly, in the tokens' own order. ``nearest_picks`` (the reference,
+which also measures decision margins) then needs only exact float comparisons and a min over
+ranks; ``sorted_picks`` (what the exported graph runs) first moves the CDF to sorted order with
+a scatter, which makes the tie rule a plain min over positions: the same decisions, less work.
+No ArgMin/TopK either: TensorRT does not promise which of several equal minima they return.
+
+The exported graph runs these at every ATS stage, so they are written to give few ONNX nodes:
+scalars instead of ``*_like`` tensors (each of those costs a Shape and an Expand), broadcasting
+instead of expand, and no [B, K, N] op that is not needed.
 
 Every function here is also the reference for the plugin core in tscli/plugins (same names).
 """
@@ -25,11 +31,13 @@ _NO_RANK = float(2**24)
 
 def normalise_scores(scores: Tensor, valid: Tensor) -> Tensor:
     """S_j = s_j / sum(s) over valid tokens; uniform over valid tokens if all scores are zero."""
-    s = torch.where(valid, scores, torch.zeros_like(scores))
+    s = torch.where(valid, scores, 0.0)
     total = s.sum(dim=-1, keepdim=True)
-    n_valid = valid.to(scores.dtype).sum(dim=-1, keepdim=True)
-    uniform = valid.to(scores.dtype) / n_valid.clamp_min(1.0)
-    return torch.where(total > 0, s / torch.where(total > 0, total, torch.ones_like(total)), uniform)
+    valid_f = valid.to(scores.dtype)
+    positive = total > 0
+    # One division for both cases: s / total, or valid / (number of valid) when all are zero.
+    den = torch.where(positive, total, valid_f.sum(dim=-1, keepdim=True).clamp_min(1.0))
+    return torch.where(positive, s, valid_f) / den
 
 
 def stable_order(s: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -37,13 +45,19 @@ def stable_order(s: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
 
     before[b, j, i] is true when valid token i comes strictly before token j: a smaller score,
     or an equal score and a lower index. rank_j = count of such i; CDF_j = S_j + their sum.
+    ``s`` must be 0 at invalid tokens (normalise_scores does that).
     """
     n = s.shape[-1]
     idx = torch.arange(n, device=s.device)
     lower_index = idx.unsqueeze(1) > idx.unsqueeze(0)  # [j, i]: i < j
-    si = s.unsqueeze(-2)  # [B, 1, N] -> indexed by i
-    sj = s.unsqueeze(-1)  # [B, N, 1] -> indexed by j
-    before = ((si < sj) | ((si == sj) & lower_index)) & valid.unsqueeze(-2)
+    # Invalid tokens get a key above every valid score (S <= 1), so they never come before a
+    # valid one: the validity mask costs one [B, N] op instead of one [B, N, N] op.
+    key = torch.where(valid, s, 2.0)
+    si = key.unsqueeze(-2)  # [B, 1, N] -> indexed by i
+    sj = key.unsqueeze(-1)  # [B, N, 1] -> indexed by j
+    # i < j: ties count as "before" (stable); i >= j: only strictly smaller scores.
+    # (Not a Where over bools: ONNX Runtime's CPU Where has no bool kernel.)
+    before = (si < sj) | ((si <= sj) & lower_index)
     before_f = before.to(s.dtype)
     rank = before_f.sum(dim=-1)
     cdf = s + torch.matmul(before_f, s.unsqueeze(-1)).squeeze(-1)
@@ -54,58 +68,94 @@ def sample_points(num_points_like: Tensor, cdf: Tensor, valid: Tensor, scheme: s
     """The K points on the CDF axis and the CDF values they are compared with.
 
     ``num_points_like`` is any 1-D tensor of length K: K stays a symbolic shape in the exported
-    graph, so one file serves every K. Returns (points [B, K], cdf_for_distance [B, N]).
+    graph, so one file serves every K. Returns (points, cdf_for_distance [B, N]); points are
+    [B, K], or [K] for the paper scheme, where they are the same for every image.
     """
     steps = torch.arange(num_points_like.shape[0], dtype=cdf.dtype, device=cdf.device)  # 0..K-1
     k = steps[-1:] + 1.0
     if scheme == "paper":
-        points = ((2.0 * steps + 1.0) / (2.0 * k)).unsqueeze(0).expand(cdf.shape[0], -1)
-        return points, cdf
+        # (i + 1/2) / K is (2i - 1) / (2K) for i = 1..K, to the last bit: both are the correctly
+        # rounded quotient of the same real number (scaling by 2 is exact).
+        return (steps + 0.5) / k, cdf
     if scheme != "official":
         raise ValueError(f"unknown sampling scheme {scheme!r}; valid: {', '.join(SCHEMES)}")
     # Released code: min-max normalised CDF, K points linspace(y0, 1, K), y0 = smallest ncdf > 0.
     # Unlike the released code, min/max/y0 are over this image's valid tokens only.
-    lo = torch.where(valid, cdf, torch.full_like(cdf, _FAR)).amin(dim=-1, keepdim=True)
-    hi = torch.where(valid, cdf, torch.full_like(cdf, -_FAR)).amax(dim=-1, keepdim=True)
+    lo = torch.where(valid, cdf, _FAR).amin(dim=-1, keepdim=True)
+    hi = torch.where(valid, cdf, -_FAR).amax(dim=-1, keepdim=True)
     span = hi - lo
-    span = torch.where(span > 0, span, torch.ones_like(span))
+    span = torch.where(span > 0, span, 1.0)
     ncdf = (cdf - lo) / span
-    y0 = torch.where(valid & (ncdf > 0), ncdf, torch.full_like(ncdf, _FAR)).amin(dim=-1, keepdim=True)
+    y0 = torch.where(valid & (ncdf > 0), ncdf, _FAR).amin(dim=-1, keepdim=True)
     y0 = y0.clamp_max(1.0)
     step = (1.0 - y0) / (k - 1.0).clamp_min(1.0)
     points = y0 + steps.unsqueeze(0) * step
     return points, ncdf
 
 
-def nearest_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+def nearest_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor,
+                  with_margin: bool = True) -> tuple[Tensor, Tensor | None]:
     """Keep mask [B, N] of the tokens nearest to any point, and each image's smallest margin [B].
 
     For each point, the nearest valid CDF value wins; among exactly equal distances the lowest
     sorted position (rank) wins. The margin is the gap to the second-nearest position: decisions
     with a margin below ~1e-6 may legitimately flip between float implementations.
+    The [B, K, N] work is kept to few ops (it runs at every stage of the exported graph): the
+    validity mask is applied on [B, N] tensors, and broadcasting replaces explicit expands.
     """
+    # Invalid tokens sit far beyond [0, 1], so they are never nearest (distance >= 2 * _FAR - 1).
+    cdf = torch.where(valid, cdf, torch.full_like(cdf, 2.0 * _FAR))
     dist = (cdf.unsqueeze(-2) - points.unsqueeze(-1)).abs()  # [B, K, N]
-    dist = torch.where(valid.unsqueeze(-2), dist, torch.full_like(dist, _FAR))
     dmin = dist.amin(dim=-1, keepdim=True)
-    rank_b = rank.unsqueeze(-2).expand_as(dist)
-    tied = dist == dmin
-    chosen_rank = torch.where(tied, rank_b, torch.full_like(rank_b, _NO_RANK)).amin(dim=-1, keepdim=True)
-    hit = (rank_b == chosen_rank) & valid.unsqueeze(-2)  # [B, K, N]
-    keep = hit.any(dim=-2)
-    second = torch.where(hit, torch.full_like(dist, _FAR), dist).amin(dim=-1)
+    rank_i = rank.unsqueeze(-2)  # [B, 1, N], broadcast over the points
+    no_rank = torch.full_like(rank_i, _NO_RANK)
+    chosen_rank = torch.where(dist == dmin, rank_i, no_rank).amin(dim=-1, keepdim=True)  # [B, K, 1]
+    hit = rank_i == chosen_rank  # [B, K, N]; an invalid token may share a rank: masked below
+    keep = hit.any(dim=-2) & valid
+    if not with_margin:
+        return keep, None
+    hit = hit & valid.unsqueeze(-2)
+    second = torch.where(hit | ~valid.unsqueeze(-2), torch.full_like(dist, _FAR), dist).amin(dim=-1)
     margin = (second - dmin.squeeze(-1)).amin(dim=-1)
     return keep, margin
 
 
-def ats_pick(scores: Tensor, valid: Tensor, num_points_like: Tensor, scheme: str = "paper") -> tuple[Tensor, Tensor]:
+def sorted_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor) -> Tensor:
+    """Keep mask [B, N]: the same decisions as ``nearest_picks``, with less [B, K, N] work.
+
+    The CDF values are first moved to sorted order (rank is a permutation of 0..N-1, invalid
+    tokens last), so "ties go to the lowest sorted position" becomes "the lowest position among
+    the exact minima" (no ArgMin: TensorRT does not promise its tie order). The picks are marked
+    in sorted order with a scatter (duplicates all write a value > 0) and read back per token.
+    This is what the exported graph runs at every stage; ``nearest_picks`` stays the reference
+    that also measures the decision margin.
+    """
+    far = torch.where(valid, cdf, 2.0 * _FAR)  # invalid: never nearest
+    order = rank.to(torch.int64)
+    # A permutation writes every position, so ``far`` itself can serve as the scatter's base.
+    cdf_sorted = far.scatter(-1, order, far)  # [B, N] in ascending score order
+    dist = (cdf_sorted.unsqueeze(-2) - points.unsqueeze(-1)).abs()  # [B, K, N]
+    dmin = dist.amin(dim=-1, keepdim=True)
+    position = torch.arange(cdf.shape[-1], dtype=cdf.dtype, device=cdf.device)  # exact below 2**24
+    nearest = torch.where(dist == dmin, position, _NO_RANK).amin(dim=-1).to(torch.int64)  # [B, K]
+    hit = (order * 0).scatter(-1, nearest, nearest + 1)  # > 0 at every picked sorted position
+    return (torch.gather(hit, -1, order) > 0) & valid
+
+
+def ats_pick(scores: Tensor, valid: Tensor, num_points_like: Tensor, scheme: str = "paper",
+             with_margin: bool = True) -> tuple[Tensor, Tensor | None]:
     """Steps 2-6 of DESIGN.md section 2 for candidate tokens (CLS excluded).
 
     scores: raw s_j [B, N]; valid: [B, N] bool; num_points_like: any tensor of length K.
-    Returns (keep [B, N] bool, min decision margin [B]). K' = keep.sum(-1) <= min(K, valid count).
+    Returns (keep [B, N] bool, min decision margin [B]). Without ``with_margin`` the margin is
+    None and the cheaper ``sorted_picks`` decides (same decisions; the exported graph uses it).
+    K' = keep.sum(-1) <= min(K, valid count).
     """
     s = normalise_scores(scores, valid)
     rank, cdf = stable_order(s, valid)
     points, cdf_d = sample_points(num_points_like, cdf, valid, scheme)
+    if not with_margin:
+        return sorted_picks(points, cdf_d, rank, valid), None
     return nearest_picks(points, cdf_d, rank, valid)
 
 
@@ -114,19 +164,21 @@ def slot_indices(keep: Tensor, num_slots_like: Tensor) -> tuple[Tensor, Tensor]:
 
     keep: [B, N] bool over candidates (token j+1 of the block input). num_slots_like: length K.
     Returns (index [B, K+1] into the block input, 0 for padding; slot mask [B, K+1] bool).
-    The slot of a kept token is 1 + the number of kept tokens before it (a MatMul, not CumSum).
+    The slot of a kept token is 1 + the number of kept tokens before it (a MatMul, not CumSum);
+    each kept token is then scattered into its slot. Tokens that are not kept all write 0 (= CLS)
+    into slot 0: every slot receives one value, or only equal ones, so the scatter needs no
+    reduction and its result does not depend on the write order.
     """
     n = keep.shape[-1]
     idx = torch.arange(n, device=keep.device)
     earlier = (idx.unsqueeze(1) < idx.unsqueeze(0)).to(torch.float32)  # [i, j]: i < j
     keep_f = keep.to(torch.float32)
-    slot = 1.0 + torch.matmul(keep_f.unsqueeze(-2), earlier).squeeze(-2)  # [B, N]
-    slot = torch.where(keep, slot, torch.zeros_like(slot))
-    slots = torch.arange(num_slots_like.shape[0], dtype=torch.float32, device=keep.device) + 1.0  # 1..K
-    match = slot.unsqueeze(-2) == slots.view(1, -1, 1)  # [B, K, N]
-    token = (idx + 1).to(torch.float32)
-    index = (match.to(torch.float32) * token).sum(dim=-1)  # 0 where the slot is empty
-    cls = torch.zeros_like(index[:, :1])
-    index = torch.cat([cls, index], dim=1).to(torch.int64)
-    mask = torch.cat([torch.ones_like(keep[:, :1]), match.any(dim=-1)], dim=1)
+    slot = torch.matmul(keep_f.unsqueeze(-2), earlier).squeeze(-2) + 1.0  # [B, N]
+    target = torch.where(keep, slot, 0.0).to(torch.int64)
+    token = torch.where(keep, idx + 1, 0)  # [B, N]
+    # Kept tokens fill slots 1..K' contiguously, so slot s is used exactly when s <= K' (and
+    # slot 0, CLS, always is).
+    slots = torch.arange(num_slots_like.shape[0] + 1, dtype=torch.float32, device=keep.device)  # 0..K
+    mask = slots <= keep_f.sum(dim=-1, keepdim=True)  # [B, K+1]
+    index = (mask.to(torch.int64) * 0).scatter(1, target, token)
     return index, mask
