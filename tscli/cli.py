@@ -154,9 +154,9 @@ def inspect(
         out.print_json(json.dumps(info))
         return
     table = Table("metadata", "value", title=str(file))
-    from .export.contract import META_KEYS
+    from .export.contract import META_KEYS, SEG_META_KEYS
 
-    order = {key: i for i, key in enumerate(META_KEYS)}
+    order = {key: i for i, key in enumerate(META_KEYS + SEG_META_KEYS)}
     for key, value in sorted(info["metadata"].items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
         if key != "label_names":
             table.add_row(key, json.dumps(value))

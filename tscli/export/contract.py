@@ -28,13 +28,15 @@ SAMPLE_OP = "ATSSample"
 PLUGIN_VERSION = "1"
 
 META_PREFIX = "tscli."
-# Keys written into metadata_props (values JSON-encoded); the runtime reads them back.
+# Keys written into metadata_props of every exported file (values JSON-encoded); the runtime
+# reads them back instead of asking the user again.
 META_KEYS = (
     "tool_version", "model", "family", "max_k", "stages", "scheme", "mode", "form", "input_size",
     "patch_size", "mean", "std", "crop_pct", "interpolation", "num_classes", "labels", "opset",
-    "weights", "dense_name", "embed_dim", "depth", "num_heads",
-    "max_keep", "xi", "merge", "grid", "label_names",  # segmentation (dovit / seg)
+    "weights", "dense_name", "embed_dim", "depth", "num_heads", "label_names",
 )
+# Written in addition by segmentation exports (dovit / seg families).
+SEG_META_KEYS = ("max_keep", "xi", "merge", "grid")
 
 
 def encode_metadata(values: dict) -> dict[str, str]:
