@@ -142,3 +142,22 @@ def test_deit_s_ats_acceptance(deit_s_export, sample_arrays):
         dense = build_model(get_config("deit_s")).module(torch.from_numpy(x)).numpy()
     ats = load(path, k=48).infer(x)[C.OUTPUT_LOGITS]
     assert np.abs(ats - dense).max() > 1e-2
+
+
+def test_deit_t_ats_official_scheme_parity(tmp_path, sample_arrays):
+    """Official scheme on a real architecture: ORT == PyTorch (padded and trimmed) on real images
+    and random inputs, at max_k and two smaller K."""
+    from tscli.export.onnx_export import ExportOptions, export_onnx
+    from tscli.export.validate import run_parity
+    from tscli.runtime.preprocess import preprocess
+
+    path = tmp_path / "deit_t_ats_official.onnx"
+    export_onnx(ExportOptions("deit_t_ats", max_k=196, output=str(path), scheme="official", validate=False))
+    meta = load(path).meta
+    assert meta["scheme"] == "official" and meta["max_k"] == 196
+    x = np.concatenate([preprocess(sample_arrays[:4], meta),
+                        np.random.default_rng(5).standard_normal((2, 3, 224, 224)).astype(np.float32)])
+    report = run_parity(lambda k: load(path, k=k), build_from_metadata(meta), x, [196, 99, 24])
+    for row in report.rows:
+        assert row.max_abs_diff <= LOGIT_ATOL, row
+        assert row.sets_agree + row.near_ties == row.images and row.near_ties <= 1, row
