@@ -99,7 +99,7 @@ def to_plain_form(model: onnx.ModelProto, scheme: str, opset: int) -> onnx.Model
 
     The inlined body comes from a standalone export (dynamic B, N, K), so it carries its own
     Shape/Cast/Expand bookkeeping; the optimizer folds what the surrounding graph makes constant
-    and removes what is dead, which is most of the cost of the sampling step at batch 1.
+    (e.g. the first stage's token count) and removes what is dead.
     """
     from onnx import inliner
 

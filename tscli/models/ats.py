@@ -134,7 +134,10 @@ class TokenSamplingBlock(Block):
         if bias is not None:
             cls_row = cls_row + bias
         cls_attn = cls_row.softmax(dim=-1).sum(dim=1)[:, 0, 1:]  # [B, T-1]
-        scores = cls_attn * torch.linalg.vector_norm(v, dim=(1, 3))[:, 1:]
+        # ||v_j|| over all heads = the norm of the per-head norms: two reductions that each run
+        # over a contiguous axis, cheaper than one over the strided axes (1, 3).
+        v_norm = torch.linalg.vector_norm(torch.linalg.vector_norm(v, dim=-1), dim=1)  # [B, T]
+        scores = cls_attn * v_norm[:, 1:]
         # Before the first stage every token is valid; scores are finite, so this is all-true
         # (one node, where a ones tensor of a symbolic shape costs three).
         valid = state.mask[:, 1:] if state.mask is not None else scores == scores

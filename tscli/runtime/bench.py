@@ -6,7 +6,7 @@ interleaved: after a warm-up, each round runs every (graph, K, batch) once, in a
 rotates by one position per round, so slow drift of the machine hits every graph alike. Reported
 per (K, batch): median and p90 latency, images/s, analytic GFLOPs (runtime/flops.py), speed-up of
 the ATS graph over dense and the fraction of the ideal speed it reaches (ideal latency / ATS
-latency). Torch-free: the dense/ideal graphs are exported on the fly only when needed, through
+latency). Ratios are the median over rounds of the ratio within each round (paired samples). Torch-free: the dense/ideal graphs are exported on the fly only when needed, through
 the export extras, imported lazily.
 
 JSON report (``--json``), schema ``tscli.bench/1``::
@@ -162,10 +162,13 @@ def report_rows(graphs: list[Graph], ks: list[int], batches: list[int], counts: 
                 g = by.get(name)
                 key = (None if name == "dense" else k, batch)
                 row[name] = None if g is None else _stats(g.samples[key], batch, _gflops(g, k, counts.get((name, k, batch))))
-            ats, dense, ideal = (row[n]["median_ms"] if row[n] else None for n in ("ats", "dense", "ideal"))
-            row["speedup_vs_dense"] = dense / ats if dense else None
-            row["ideal_speedup_vs_dense"] = dense / ideal if dense and ideal else None
-            row["fraction_of_ideal"] = ideal / ats if ideal else None
+            a = np.asarray(row["ats"]["samples_ms"])
+            d, i = (np.asarray(row[n]["samples_ms"]) if row[n] else None for n in ("dense", "ideal"))
+            # Ratios are paired per round (the two runs were seconds apart), then the median is
+            # taken: on a shared machine that cancels drift better than a ratio of medians.
+            row["speedup_vs_dense"] = float(np.median(d / a)) if d is not None else None
+            row["ideal_speedup_vs_dense"] = float(np.median(d / i)) if d is not None and i is not None else None
+            row["fraction_of_ideal"] = float(np.median(i / a)) if i is not None else None
             rows.append(row)
     return rows
 
