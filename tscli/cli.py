@@ -83,6 +83,7 @@ def export(
     form: str = typer.Option("plain", "--form", help="plain (standard ops only) | plugin (tscli.ATSSample nodes for the TensorRT plugin)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights when no checkpoint is given."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the ONNX Runtime vs PyTorch check."),
+    mode: str = typer.Option("padded", "--mode", help="ATS: padded (static K+1 slots; TensorRT) | trimmed (slots cut to the batch max of K'+1; ONNX Runtime only)."),
     max_keep: Optional[int] = typer.Option(None, "--max-keep", help="DoViT capacity C: most tokens kept after a decision layer. Default: all patches."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="Segmentation input HxW, multiples of the patch, e.g. 512x1024."),
     xi: Optional[float] = typer.Option(None, "--xi", help="DoViT default threshold (0..1; a token with confidence > xi stops); changeable at load."),
@@ -99,7 +100,7 @@ def export(
     if max_keep is not None or input_size is not None or xi is not None:
         raise UsageError(f"--max-keep/--input-size/--xi apply to segmentation models (dovit, seg); {model!r} is not one")
     opts = ExportOptions(model, max_k, str(output) if output else None, str(checkpoint) if checkpoint else None,
-                         stages, sampling, opset, form, seed, not no_validate)
+                         stages, sampling, opset, form, seed, not no_validate, mode)
     with _status("exporting") as status:
         result = export_onnx(opts, progress=lambda msg: status.update(msg))
     meta = result.metadata

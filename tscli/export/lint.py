@@ -79,7 +79,7 @@ def _check_node(node: onnx.NodeProto, constants: set[str], report: LintReport) -
         report.add("warning", node, "TopK with a computed K needs TensorRT >= 8.6 (not JetPack 5)")
 
 
-def _check_shapes(model: onnx.ModelProto, report: LintReport) -> None:
+def _check_shapes(model: onnx.ModelProto, report: LintReport, data_dependent: str = "error") -> None:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception as exc:  # inference failing is itself worth knowing, but not fatal
@@ -89,13 +89,24 @@ def _check_shapes(model: onnx.ModelProto, report: LintReport) -> None:
     for value in list(model.graph.output) + list(inferred.graph.output):
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and not _ALLOWED_DIM.match(dim.dim_param):
-                report.add("error", f"output {value.name}",
+                report.add(data_dependent, f"output {value.name}",
                            f"dimension {dim.dim_param!r} depends on the data (not batch or K): not for TensorRT")
                 return
 
 
+def _mode(model: onnx.ModelProto) -> str:
+    props = {p.key: p.value for p in model.metadata_props}
+    return str(C.decode_metadata(props).get("mode", "padded"))
+
+
 def lint_model(model: onnx.ModelProto) -> LintReport:
+    """Findings for TensorRT. A ``trimmed`` file (metadata mode) is for ONNX Runtime: its
+    data-dependent shapes are reported as warnings that say so, not as errors."""
     report = LintReport()
+    trimmed = _mode(model) == "trimmed"
+    if trimmed:
+        report.add("warning", "graph", "mode trimmed: slot counts depend on the data (batch max of K'+1 per stage); "
+                                       "for ONNX Runtime, not for TensorRT (export --mode padded for TensorRT)")
     constants = {init.name for init in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     cumsum_axes = set()
@@ -105,6 +116,6 @@ def lint_model(model: onnx.ModelProto) -> LintReport:
             cumsum_axes.add(node.input[1] if len(node.input) > 1 else "")
     if len(cumsum_axes) > 1:
         report.add("warning", "CumSum", "several CumSum axes gave wrong results in TensorRT 10.8+")
-    _check_shapes(model, report)
+    _check_shapes(model, report, "warning" if trimmed else "error")
     report.op_histogram = dict(Counter(n.op_type for n in model.graph.node).most_common())
     return report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import tempfile
 import warnings
@@ -32,6 +33,7 @@ from .functions import to_plain_form, to_plugin_form, translation_table
 from .lint import LintReport, lint_model
 
 FORMS = ("plain", "plugin")
+MODES = ("padded", "trimmed")  # see models/ats.py: static K + 1 slots, or cut to the batch max of K' + 1
 MIN_OPSET = 17
 
 
@@ -47,6 +49,7 @@ class ExportOptions:
     form: str = "plain"
     seed: int = 0
     validate: bool = True
+    mode: str = "padded"
 
 
 @dataclass
@@ -70,6 +73,10 @@ def resolve_options(opts: ExportOptions):
     overrides["scheme"] = opts.scheme
     if opts.form not in FORMS:
         raise UsageError(f"unknown --form {opts.form!r}; valid: {', '.join(FORMS)}")
+    if opts.mode not in MODES:
+        raise UsageError(f"unknown --mode {opts.mode!r}; valid: {', '.join(MODES)}")
+    if opts.mode == "trimmed" and cfg.family != "ats":
+        raise UsageError(f"--mode trimmed applies to ATS models; {opts.model!r} is {cfg.family}")
     if opts.opset < MIN_OPSET:
         raise UsageError(f"--opset {opts.opset} is too old; need >= {MIN_OPSET} (LayerNormalization)")
     cfg = get_config(opts.model, **overrides)
@@ -87,7 +94,7 @@ def metadata_for(built: BuiltModel, max_k: int | None, opts: ExportOptions) -> d
     cfg = built.config
     return {
         "tool_version": __version__, "model": cfg.name, "family": cfg.family, "max_k": max_k,
-        "stages": list(cfg.stages), "scheme": cfg.scheme if cfg.family == "ats" else None, "mode": "padded",
+        "stages": list(cfg.stages), "scheme": cfg.scheme if cfg.family == "ats" else None, "mode": opts.mode,
         "form": opts.form, "input_size": [3, cfg.img_size, cfg.img_size], "patch_size": cfg.patch_size,
         "mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
         "num_classes": cfg.num_classes, "labels": cfg.labels, "opset": opts.opset, "weights": built.weights,
@@ -96,12 +103,13 @@ def metadata_for(built: BuiltModel, max_k: int | None, opts: ExportOptions) -> d
     }
 
 
-def _torch_export(built: BuiltModel, max_k: int | None, opset: int) -> onnx.ModelProto:
+def _torch_export(built: BuiltModel, max_k: int | None, opset: int, mode: str = "padded") -> onnx.ModelProto:
     cfg = built.config
     images = torch.randn(2, 3, cfg.img_size, cfg.img_size)
     batch = torch.export.Dim(C.DIM_BATCH, min=1, max=4096)
     if cfg.family == "ats":
-        module = ExportWrapper(built.module.configure(use_custom_op=True)).eval()
+        # trimmed: the exporter turns the batch max of K' + 1 into a data-dependent slice length.
+        module = ExportWrapper(built.module.configure(use_custom_op=True, execution=mode)).eval()
         example = (images, torch.zeros(min(max_k, 4) if max_k > 1 else 1))
         k_dim = torch.export.Dim(C.DIM_K, min=1, max=max_k) if max_k > 1 else None
         dynamic = {"images": {0: batch}, "k_select": {0: k_dim} if k_dim else {}}
@@ -110,6 +118,10 @@ def _torch_export(built: BuiltModel, max_k: int | None, opset: int) -> onnx.Mode
         module, example = built.module, (images,)
         dynamic = {"x": {0: batch}}
         names = ([C.INPUT_IMAGES], [C.OUTPUT_LOGITS])
+    # A trimmed export logs a warning per data-dependent size (u0, u1, ...): expected there.
+    shape_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level = shape_log.level
+    shape_log.setLevel(logging.ERROR)
     try:
         # The exporter prints progress and a long report of its own; keep the user's terminal clean.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -120,7 +132,8 @@ def _torch_export(built: BuiltModel, max_k: int | None, opset: int) -> onnx.Mode
             )
     finally:
         if cfg.family == "ats":
-            built.module.configure(use_custom_op=False)
+            built.module.configure(use_custom_op=False, execution="padded")
+        shape_log.setLevel(level)
     return prog.model_proto
 
 
@@ -147,7 +160,7 @@ def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda ms
     with warnings.catch_warnings():
         # torch's exporter warns about its own internals (axis renaming, deprecations): noise here.
         warnings.simplefilter("ignore")
-        model = _torch_export(built, max_k, opts.opset)
+        model = _torch_export(built, max_k, opts.opset, opts.mode)
         if cfg.family == "ats":
             model = (to_plugin_form if opts.form == "plugin" else to_plain_form)(model, cfg.scheme, opts.opset)
     meta = metadata_for(built, max_k, opts)
