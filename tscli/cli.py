@@ -422,6 +422,36 @@ def selftest(
     out.print(result.verdict(), markup=False)
 
 
+@app.command("digits")
+def digits_cmd(
+    folder: Path = typer.Argument(..., help="New folder for the ImageFolder (train/ and val/ inside)."),
+    size: int = typer.Option(32, "--size", help="Image side in pixels (the digits model takes 32)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
+):
+    """Write scikit-learn's digits as a labelled ImageFolder (real data that installs offline)."""
+    from .data.digits import write_imagefolder
+
+    counts = write_imagefolder(folder, size=size, seed=seed)
+    out.print(f"wrote {folder}: {counts['train']} train, {counts['val']} val images in 10 class folders")
+
+
+@app.command("train-digits")
+def train_digits_cmd(
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write (.safetensors)."),
+    epochs: int = typer.Option(12, "--epochs", help="Training epochs (12: ~20 s on 2 CPU cores)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the init and the batches."),
+):
+    """Train the small digits ViT on the CPU; export it with `tscli export digits_ats --checkpoint FILE`."""
+    from .models.digits import train_digits
+
+    if epochs < 1:
+        raise UsageError(f"--epochs {epochs} is invalid; give at least 1")
+    with _status("training") as status:
+        r = train_digits(output, epochs=epochs, seed=seed, progress=lambda msg: status.update(msg))
+    out.print(f"wrote {r.path}: {r.epochs} epochs in {r.seconds:.0f} s, train top-1 {r.train_accuracy:.3f}, "
+              f"val top-1 {r.val_accuracy:.3f} (dense, held-out split)")
+
+
 def main() -> None:
     import click
 
