@@ -182,7 +182,8 @@ def inspect(
 def run(
     file: Path = typer.Argument(..., help="Exported .onnx file."),
     images: List[Path] = typer.Argument(..., help="Image files or folders."),
-    k: Optional[int] = typer.Option(None, "--k", help="Points per ATS stage (1..max_k). Default: max_k."),
+    k: Optional[str] = typer.Option(None, "--k", help="Points per ATS stage (1..max_k), or 'auto' (from this device's profile, see `tscli tune`). Default: max_k."),
+    profiles: Optional[Path] = typer.Option(None, "--profiles", help="Profile store for --k auto (default: MODEL.profiles.json next to the file)."),
     topk: int = typer.Option(5, "--topk", help="How many classes to show."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -197,7 +198,7 @@ def run(
     files: list[Path] = []
     for item in images:
         files.extend(images_in(item) if item.is_dir() else [item])
-    runner = load(file, k=k, backend=backend, threads=threads, xi=xi)
+    runner = load(file, k=_parse_k(k), backend=backend, threads=threads, xi=xi, profiles=profiles)
     if runner.meta.get("family") in ("dovit", "seg"):
         return _run_seg(runner, files, out_dir, as_json)
     preds = runner.predict([str(f) for f in files], topk=topk)
@@ -282,6 +283,15 @@ def parity(
         _print_parity(report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _parse_k(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"bad --k {value!r}; give an integer in 1..max_k or 'auto'") from None
 
 
 def _parse_ints(text: str, option: str) -> list[int]:
@@ -449,7 +459,40 @@ def train_digits_cmd(
     with _status("training") as status:
         r = train_digits(output, epochs=epochs, seed=seed, progress=lambda msg: status.update(msg))
     out.print(f"wrote {r.path}: {r.epochs} epochs in {r.seconds:.0f} s, train top-1 {r.train_accuracy:.3f}, "
-              f"val top-1 {r.val_accuracy:.3f} (dense, held-out split)")
+              f"val top-1 {r.val_accuracy:.3f} at K=max_k, {r.val_accuracy_k8:.3f} at K=8 (digits_ats, held-out split)")
+
+
+@app.command()
+def tune(
+    file: Path = typer.Argument(..., help="Exported ATS .onnx file."),
+    data: Path = typer.Option(..., "--data", help="Images: an ImageFolder (class sub-folders) or a plain folder."),
+    labels: str = typer.Option("auto", "--labels", help="ImageFolder (top-1 vs folder labels) | none (agreement with max_k) | auto."),
+    budget_ms: Optional[float] = typer.Option(None, "--budget-ms", help="Most accurate K whose median latency fits."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Fastest K within P accuracy points of max_k (default 1.0)."),
+    k_grid: str = typer.Option("", "--k-grid", help="K values, comma list (default: 8 fractions of max_k)."),
+    batch: int = typer.Option(1, "--batch", help="Batch size of the latency measurement."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
+    runs: int = typer.Option(10, "--runs", help="Interleaved latency rounds."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most N images (a fixed subset)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Profile store (default: MODEL.profiles.json next to the file); .md and .png go beside it."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable report (schema tscli.tune/1)."),
+):
+    """Sweep K on this device: latency and accuracy, choose K, write a device profile for --k auto."""
+    from .runtime.tune import tune as run_tune
+
+    with _status("tuning") as status:
+        report = run_tune(file, data, labels, budget_ms, max_drop, _parse_ints(k_grid, "--k-grid") or None, batch, threads,
+                          runs, 2, limit, output, progress=lambda msg: status.update(msg))
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    table = Table("K", "median ms", "p90 ms", "accuracy" if report["accuracy_kind"] == "top1" else "agreement", "GFLOPs",
+                  title=f"tune {report['model']}: batch {report['batch']}, {report['images']} images, {report['fingerprint']['cpu']}")
+    for r in report["table"]:
+        table.add_row(f"[bold green]{r['k']} <-[/]" if r["k"] == report["chosen_k"] else str(r["k"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['accuracy']:.4f}", f"{r['gflops']:.4f}")
+    out.print(table)
+    out.print(f"chosen K={report['chosen_k']} ({report['objective']}); profile -> {report['profile_store']}, "
+              f"table -> {report['markdown']}, plot -> {report['plot']}")
 
 
 def main() -> None:

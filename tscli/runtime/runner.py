@@ -31,6 +31,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 class Runner:
+    profile: dict | None = None  # set by load(k="auto"): the device profile K came from
+
     def __init__(self, backend, k: int | None = None, xi: float | None = None):
         self.backend = backend
         self.meta = C.decode_metadata(backend.metadata_props)
@@ -117,13 +119,25 @@ class Runner:
 
 
 def load(path: str | Path, k: int | str | None = None, backend: str = "ort", threads: int | None = None,
-         xi: float | None = None) -> Runner:
-    """Open an exported model. k=None means max_k; xi=None means the file's default (DoViT).
-    backend: one of BACKENDS."""
+         xi: float | None = None, profiles: str | Path | None = None) -> Runner:
+    """Open an exported model. k=None means max_k; k="auto" takes K from the device profile that
+    matches this device (runtime/profiles.py; ``profiles`` = the store, default next to the
+    model); xi=None means the file's default (DoViT). backend: one of BACKENDS."""
+    if isinstance(k, str) and k != "auto":
+        raise UsageError(f"K={k!r} is invalid; give an integer or 'auto'")
     if backend == "ort":
         from .ort_backend import OrtBackend
 
-        return Runner(OrtBackend(path, threads=threads), k, xi)
+        ort_backend, profile = OrtBackend(path, threads=threads), None
+        if k == "auto":
+            from .profiles import auto_k
+
+            k, profile = auto_k(path, C.decode_metadata(ort_backend.metadata_props), "ort", ort_backend.provider, profiles)
+        runner = Runner(ort_backend, k, xi)
+        runner.profile = profile  # the device profile K came from (k="auto"), else None
+        return runner
+    if k == "auto":
+        raise UsageError(f"--k auto is available with the ort backend; with {backend!r} give --k")
     if backend in BACKENDS:
         from .gpu import open_gpu_backend
 
