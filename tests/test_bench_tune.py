@@ -1,0 +1,254 @@
+"""bench / tune / device profiles / trimmed export / the digits model.
+
+Benchmarks are commands, not timed tests: nothing here asserts a speed. What is checked: report
+schemas, the choice logic, profile matching, trimmed == padded logits, and that the digits model
+is really trained (its accuracy at max_k is far above chance, 10 %).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tscli.errors import UsageError
+from tscli.runtime import profiles as P
+from tscli.runtime.tune import choose, default_grid
+
+TRIM_TOL = 1e-4  # trimmed vs padded logits, max |diff| (same decisions, fewer padded slots)
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def tiny_trimmed(tmp_path_factory):
+    from tscli.export.onnx_export import ExportOptions, export_onnx
+
+    folder = tmp_path_factory.mktemp("trimmed")
+    out = {}
+    for mode in ("padded", "trimmed"):
+        out[mode] = export_onnx(ExportOptions("tiny_ats", max_k=40, output=str(folder / f"{mode}.onnx"), mode=mode))
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The digits ImageFolder, a trained checkpoint (~25 s) and its padded + trimmed exports."""
+    from tscli.data.digits import write_imagefolder
+    from tscli.export.onnx_export import ExportOptions, export_onnx
+    from tscli.models.digits import train_digits
+
+    folder = tmp_path_factory.mktemp("digits")
+    counts = write_imagefolder(folder / "data")
+    trained = train_digits(folder / "digits.safetensors")
+    files = {}
+    for mode in ("padded", "trimmed"):
+        files[mode] = export_onnx(ExportOptions("digits_ats", checkpoint=str(trained.path), mode=mode,
+                                                output=str(folder / f"digits_ats_{mode}.onnx"))).path
+    return {"folder": folder, "data": folder / "data", "counts": counts, "trained": trained, **files}
+
+
+# ---------------------------------------------------------------- choice and profiles (pure logic)
+
+TABLE = [
+    {"k": 64, "median_ms": 10.0, "accuracy": 0.90},
+    {"k": 48, "median_ms": 8.0, "accuracy": 0.895},
+    {"k": 32, "median_ms": 6.0, "accuracy": 0.88},
+    {"k": 16, "median_ms": 4.0, "accuracy": 0.70},
+]
+
+
+def test_choose_by_max_drop_and_budget():
+    assert choose(TABLE, None, 1.0)[0] == 48  # 0.895 >= 0.90 - 0.01; 0.88 is not
+    assert choose(TABLE, None, 2.0)[0] == 32
+    assert choose(TABLE, None, None)[0] == 48  # default: 1 point
+    assert choose(TABLE, 7.0, None)[0] == 32  # most accurate within 7 ms
+    assert choose(TABLE, 100.0, None)[0] == 64
+    with pytest.raises(UsageError, match=r"no K meets --budget-ms 3.*K=16, takes 4.00 ms"):
+        choose(TABLE, 3.0, None)
+    with pytest.raises(UsageError, match="either"):
+        choose(TABLE, 5.0, 1.0)
+
+
+def test_default_grid_is_within_range():
+    grid = default_grid(196)
+    assert grid[0] == 196 and min(grid) >= 1 and grid == sorted(set(grid), reverse=True)
+    assert default_grid(1) == [1]
+
+
+META = {"model": "digits_ats", "weights": "sha256:abc", "max_k": 64, "mode": "padded"}
+
+
+def _profile(cpu: str, k: int, batch: int = 1, provider: str = "CPUExecutionProvider", meta=META) -> dict:
+    fp = {"cpu": cpu, "gpu": None, "backend": "ort", "provider": provider, "onnxruntime": "x", "numpy": "y"}
+    return {"fingerprint": fp, "model": P.model_identity(meta), "chosen_k": k, "batch": batch, "table": []}
+
+
+def test_profile_selection_matches_device_and_model():
+    here = {"cpu": "Cortex-A78AE", "gpu": None, "backend": "ort", "provider": "CPUExecutionProvider",
+            "onnxruntime": "other version", "numpy": "z"}
+    profiles = [_profile("Xeon", 48), _profile("Cortex-A78AE", 24, batch=8), _profile("Cortex-A78AE", 32, batch=1)]
+    assert P.select(profiles, here, META)["chosen_k"] == 32  # smallest batch; versions do not block
+    assert P.select(profiles, here, META, batch=8)["chosen_k"] == 24
+    with pytest.raises(UsageError, match=r"no device profile .* matches this device \(cpu=Orin CPU, gpu=None, "
+                                         r"backend=ort, provider=CPUExecutionProvider\).*cpu=Xeon"):
+        P.select(profiles, dict(here, cpu="Orin CPU"), META)
+    with pytest.raises(UsageError, match="another model file"):
+        P.select(profiles, here, dict(META, weights="sha256:def"))
+    with pytest.raises(UsageError, match="matches this device"):
+        P.select(profiles, dict(here, provider="CUDAExecutionProvider"), META)
+
+
+def test_profile_store_replaces_same_device_and_rejects_garbage(tmp_path):
+    store = tmp_path / "m.profiles.json"
+    P.add_profile(store, _profile("Xeon", 48))
+    P.add_profile(store, _profile("EPYC", 40))
+    P.add_profile(store, _profile("Xeon", 32))  # tuned again on the Xeon: replaces
+    ks = sorted((p["fingerprint"]["cpu"], p["chosen_k"]) for p in P.read_store(store))
+    assert ks == [("EPYC", 40), ("Xeon", 32)]
+    assert P.default_store("out/deit_s_ats.onnx").as_posix() == "out/deit_s_ats.profiles.json"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": "something else"}))
+    with pytest.raises(Exception, match="not a tscli profile store"):
+        P.read_store(bad)
+
+
+# ---------------------------------------------------------------- trimmed export
+
+def test_trimmed_export_equals_padded(tiny_trimmed, sample_arrays):
+    from tscli.runtime import load
+    from tscli.runtime.preprocess import preprocess
+
+    padded, trimmed = tiny_trimmed["padded"], tiny_trimmed["trimmed"]
+    assert trimmed.metadata["mode"] == "trimmed" and padded.metadata["mode"] == "padded"
+    assert any("not for TensorRT" in f.message for f in trimmed.lint.findings)
+    assert not any("not for TensorRT" in f.message for f in padded.lint.findings)
+    rng = np.random.default_rng(1)
+    x = np.concatenate([preprocess(sample_arrays, padded.metadata), rng.standard_normal((3, 3, 32, 32)).astype(np.float32)])
+    for k in (40, 17, 3):
+        a, b = load(padded.path, k=k).infer(x), load(trimmed.path, k=k).infer(x)
+        assert np.abs(a["logits"] - b["logits"]).max() <= TRIM_TOL, k
+        assert np.array_equal(a["kept_counts"], b["kept_counts"])
+        for i in range(len(x)):  # same kept sets per stage
+            for s in range(a["kept_positions"].shape[1]):
+                sa, sb = a["kept_positions"][i, s], b["kept_positions"][i, s]
+                assert set(sa[sa >= 0]) == set(sb[sb >= 0])
+
+
+def test_trimmed_refused_for_dense(tmp_path):
+    from tscli.export.onnx_export import ExportOptions, export_onnx
+
+    with pytest.raises(UsageError, match="--mode trimmed applies to ATS"):
+        export_onnx(ExportOptions("tiny_dense", output=str(tmp_path / "d.onnx"), mode="trimmed"))
+    with pytest.raises(UsageError, match="valid: padded, trimmed"):
+        export_onnx(ExportOptions("tiny_ats", output=str(tmp_path / "d.onnx"), mode="fast"))
+    assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- bench report
+
+def test_bench_report_schema(tiny_exports, tmp_path):
+    from tscli.runtime.bench import SCHEMA, bench
+
+    report = bench(tiny_exports["paper"], ks=[40, 10], batches=[1, 2], threads=1, runs=3, warmup=1,
+                   baseline=tiny_exports["dense"], ideal=True, graphs_dir=tmp_path)
+    json.dumps(report)  # serialisable
+    assert report["schema"] == SCHEMA and report["mode"] == "padded" and report["runs"] == 3
+    assert [(r["k"], r["batch"]) for r in report["rows"]] == [(40, 1), (10, 1), (40, 2), (10, 2)]
+    for r in report["rows"]:
+        for graph in ("ats", "dense", "ideal"):
+            s = r[graph]
+            assert len(s["samples_ms"]) == 3 and s["median_ms"] > 0 and s["p90_ms"] >= s["median_ms"] * 0.999
+            assert s["images_per_s"] == pytest.approx(r["batch"] * 1e3 / s["median_ms"])
+        assert r["ats"]["gflops"] < r["dense"]["gflops"] and r["ideal"]["gflops"] <= r["ats"]["gflops"]
+        for key in ("speedup_vs_dense", "ideal_speedup_vs_dense", "fraction_of_ideal"):
+            assert r[key] > 0
+    ideal_file = tmp_path / "tiny_ats.ideal.onnx"
+    assert ideal_file.is_file()  # kept in graphs_dir and reused next time
+    again = bench(tiny_exports["paper"], ks=[5], batches=[1], runs=1, warmup=0, ideal=True, dense=False,
+                  graphs_dir=tmp_path)
+    assert again["rows"][0]["dense"] is None and again["rows"][0]["speedup_vs_dense"] is None
+
+
+def test_bench_rejects_bad_input(tiny_exports):
+    from tscli.runtime.bench import bench
+
+    with pytest.raises(UsageError, match="out of range.*1..40"):
+        bench(tiny_exports["paper"], ks=[41], baseline=tiny_exports["dense"])
+    with pytest.raises(UsageError, match="not a dense model"):
+        bench(tiny_exports["paper"], ks=[4], baseline=tiny_exports["paper"], runs=1)
+    with pytest.raises(UsageError, match="needs an ATS file"):
+        bench(tiny_exports["dense"])
+
+
+def test_bench_cli_json(tiny_exports):
+    from typer.testing import CliRunner
+
+    from tscli.cli import app
+
+    res = CliRunner().invoke(app, ["bench", str(tiny_exports["paper"]), "--k", "8", "--batch", "1", "--runs", "2",
+                                   "--warmup", "0", "--baseline", str(tiny_exports["dense"]), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["schema"] == "tscli.bench/1" and report["rows"][0]["k"] == 8
+
+
+# ---------------------------------------------------------------- digits: trained model, tune, --k auto
+
+def test_digits_model_is_trained_and_tune_writes_profile(digits, capsys):
+    from tscli.runtime import load
+    from tscli.runtime.tune import SCHEMA, tune
+
+    assert digits["counts"] == {"train": 1348, "val": 449}
+    store = digits["folder"] / "profiles.json"
+    report = tune(digits["padded"], digits["data"] / "val", k_grid=[64, 32, 16, 8, 4], runs=3, output=store)
+    by_k = {r["k"]: r for r in report["table"]}
+    with capsys.disabled():  # the measured accuracy curve, for the record
+        print("\ndigits_ats val top-1 by K:", {k: round(r["accuracy"], 4) for k, r in sorted(by_k.items())})
+    assert report["schema"] == SCHEMA and report["accuracy_kind"] == "top1" and report["images"] == 449
+    assert by_k[64]["accuracy"] > 0.8  # chance is 0.1: the model is trained
+    assert by_k[64]["accuracy"] == pytest.approx(digits["trained"].val_accuracy, abs=0.01)  # same split, same K
+    assert by_k[4]["gflops"] < by_k[64]["gflops"]
+    assert report["chosen_k"] in by_k
+    assert store.is_file() and store.with_suffix(".md").is_file() and store.with_suffix(".png").stat().st_size > 1000
+    assert f"chosen K = {report['chosen_k']}" in store.with_suffix(".md").read_text()
+    runner = load(digits["padded"], k="auto", profiles=store)
+    assert runner.k == report["chosen_k"] and runner.profile["fingerprint"]["cpu"] == P.cpu_model()
+    # The same store seen from another device: a clear refusal naming this device, not a guess.
+    data = json.loads(store.read_text())
+    data["profiles"][0]["fingerprint"]["cpu"] = "Some Other CPU"
+    other = digits["folder"] / "other.json"
+    other.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match=f"no device profile .*cpu={P.cpu_model()}.*cpu=Some Other CPU"):
+        load(digits["padded"], k="auto", profiles=other)
+    with pytest.raises(UsageError, match="does not exist"):
+        load(digits["padded"], k="auto", profiles=digits["folder"] / "missing.json")
+
+
+def test_tune_without_labels_and_impossible_budget(digits):
+    from tscli.runtime.tune import tune
+
+    three = digits["data"] / "val" / "3"  # a plain folder of images: agreement with max_k
+    report = tune(digits["padded"], three, k_grid=[64, 8], runs=1, output=digits["folder"] / "nolabels.json")
+    assert report["accuracy_kind"] == "agreement"
+    assert {r["k"]: r["accuracy"] for r in report["table"]}[64] == 1.0
+    store = digits["folder"] / "never.json"
+    with pytest.raises(UsageError, match="no K meets --budget-ms 1e-06"):
+        tune(digits["padded"], three, k_grid=[8], runs=1, budget_ms=1e-6, output=store)
+    assert not store.exists()  # nothing written on failure
+
+
+def test_digits_trimmed_equals_padded(digits):
+    from tscli.data.digits import read_imagefolder
+    from tscli.runtime import load
+    from tscli.runtime.preprocess import preprocess
+
+    files, _, _ = read_imagefolder(digits["data"] / "val")
+    pad, trim = load(digits["padded"], k=16), load(digits["trimmed"], k=16)
+    x = preprocess([str(f) for f in files[:40]], pad.meta)
+    for i in range(0, 40, 8):  # batch 1 and batch 8
+        a, b = pad.infer(x[i:i + 1]), trim.infer(x[i:i + 1])
+        assert np.abs(a["logits"] - b["logits"]).max() <= TRIM_TOL
+    a, b = pad.infer(x[:8]), trim.infer(x[:8])
+    assert np.abs(a["logits"] - b["logits"]).max() <= TRIM_TOL
