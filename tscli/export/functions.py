@@ -1,11 +1,11 @@
 """The ATS sampling step as one ONNX node ``tscli.ATSSample`` and its standard-op body.
 
-The exporter maps the torch op ``tscli::ats_sample`` to a single node (custom_translation_table;
-a registered OpSchema lets onnxscript build it). Then:
-- the plugin form keeps the node and adds a local function of the same name whose body is
-  made of standard operators: ONNX Runtime runs the body, TensorRT swaps in the plugin;
-- the plain form (default) inlines that body, so no custom domain is left at all.
-The body is not written twice: it is the torch reference exported on its own.
+For the plugin form the exporter maps the torch op ``tscli::ats_sample`` to a single node
+(custom_translation_table; a registered OpSchema lets onnxscript build it), and the model gets a
+local function of the same name whose body is made of standard operators: ONNX Runtime runs the
+body, TensorRT swaps in the plugin. The body is not written twice: it is the torch reference
+exported on its own. (The plain form, the default, does not use the op at all: the exporter
+traces the same tensor code inline, see onnx_export._torch_export.)
 """
 
 from __future__ import annotations
@@ -92,21 +92,3 @@ def to_plugin_form(model: onnx.ModelProto, scheme: str, opset: int) -> onnx.Mode
     if not any(o.domain == PLUGIN_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, 1))
     return model
-
-
-def to_plain_form(model: onnx.ModelProto, scheme: str, opset: int) -> onnx.ModelProto:
-    """Inline the body, then simplify: only standard operators remain.
-
-    The inlined body comes from a standalone export (dynamic B, N, K), so it carries its own
-    Shape/Cast/Expand bookkeeping; the optimizer folds what the surrounding graph makes constant
-    (e.g. the first stage's token count) and removes what is dead.
-    """
-    from onnx import inliner
-
-    from .onnx_export import optimize_graph  # lazy: onnx_export imports this module
-
-    model = inliner.inline_local_functions(to_plugin_form(model, scheme, opset))
-    kept = [o for o in model.opset_import if o.domain != PLUGIN_DOMAIN]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
-    return optimize_graph(model)

@@ -29,7 +29,7 @@ from ..models.labels import label_names
 from ..models.registry import get_config, parse_stages
 from ..models.sampling import SCHEMES
 from . import contract as C
-from .functions import to_plain_form, to_plugin_form, translation_table
+from .functions import to_plugin_form, translation_table
 from .lint import LintReport, lint_model
 
 FORMS = ("plain", "plugin")
@@ -103,13 +103,17 @@ def metadata_for(built: BuiltModel, max_k: int | None, opts: ExportOptions) -> d
     }
 
 
-def _torch_export(built: BuiltModel, max_k: int | None, opset: int, mode: str = "padded") -> onnx.ModelProto:
+def _torch_export(built: BuiltModel, max_k: int | None, opset: int, mode: str = "padded",
+                  form: str = "plain") -> onnx.ModelProto:
     cfg = built.config
     images = torch.randn(2, 3, cfg.img_size, cfg.img_size)
     batch = torch.export.Dim(C.DIM_BATCH, min=1, max=4096)
     if cfg.family == "ats":
+        # plugin form: each sampling step becomes one tscli.ATSSample node. plain form: the
+        # sampling tensor code is traced like the rest, so the exporter shares what every stage
+        # computes alike (index ranges, tie-break masks, the K points) instead of repeating it.
         # trimmed: the exporter turns the batch max of K' + 1 into a data-dependent slice length.
-        module = ExportWrapper(built.module.configure(use_custom_op=True, execution=mode)).eval()
+        module = ExportWrapper(built.module.configure(use_custom_op=form == "plugin", execution=mode)).eval()
         example = (images, torch.zeros(min(max_k, 4) if max_k > 1 else 1))
         k_dim = torch.export.Dim(C.DIM_K, min=1, max=max_k) if max_k > 1 else None
         dynamic = {"images": {0: batch}, "k_select": {0: k_dim} if k_dim else {}}
@@ -160,9 +164,9 @@ def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda ms
     with warnings.catch_warnings():
         # torch's exporter warns about its own internals (axis renaming, deprecations): noise here.
         warnings.simplefilter("ignore")
-        model = _torch_export(built, max_k, opts.opset, opts.mode)
-        if cfg.family == "ats":
-            model = (to_plugin_form if opts.form == "plugin" else to_plain_form)(model, cfg.scheme, opts.opset)
+        model = _torch_export(built, max_k, opts.opset, opts.mode, opts.form)
+        if cfg.family == "ats" and opts.form == "plugin":
+            model = to_plugin_form(model, cfg.scheme, opts.opset)
     meta = metadata_for(built, max_k, opts)
     for key, value in C.encode_metadata(meta).items():
         model.metadata_props.add(key=key, value=value)

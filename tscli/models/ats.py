@@ -16,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor
 
-from . import ops
-from .sampling import ats_pick
+from . import ops  # noqa: F401  (registers torch.ops.tscli.ats_sample)
+from .sampling import ats_pick, slot_indices
 
 EXECUTIONS = ("padded", "trimmed")
 
@@ -55,12 +54,6 @@ def attend(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None) -
     if bias is not None:
         logits = logits + bias
     return torch.matmul(logits.softmax(dim=-1), v)
-
-
-def gather_rows(x: Tensor, index: Tensor) -> Tensor:
-    """x [B, T, ...] rows at index [B, S] -> [B, S, ...]."""
-    idx = index.long().reshape(index.shape + (1,) * (x.dim() - 2)).expand(index.shape + x.shape[2:])
-    return torch.gather(x, 1, idx)
 
 
 def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
@@ -144,10 +137,11 @@ class TokenSamplingBlock(Block):
         if self.use_custom_op:
             index, slot_mask = torch.ops.tscli.ats_sample(scores, valid, k_like, self.scheme)
             margin = None
-        else:
-            index, slot_mask = ops.ats_sample_reference(scores, valid, k_like, self.scheme)
+            index = index.long()
+        else:  # the same functions the op runs, without its int32 plugin contract
+            keep, _ = ats_pick(scores, valid, k_like, self.scheme, with_margin=False)
+            index, slot_mask = slot_indices(keep, k_like)
             margin = ats_pick(scores, valid, k_like, self.scheme)[1] if self.record_margin else None
-        index = index.long()
         positions = index if state.positions is None else torch.gather(state.positions, 1, index)
         if records is not None:
             records.append(
@@ -212,8 +206,3 @@ class ExportWrapper(torch.nn.Module):
         counts = torch.stack([r.counts for r in records], dim=1).to(torch.int64)
         positions = torch.stack([r.positions for r in records], dim=1).to(torch.int64)
         return logits, counts, positions
-
-
-def pad_positions(records: list[StageRecord], width: int) -> Tensor:
-    """Stack per-stage kept positions of a trimmed run to a common width (-1 padded)."""
-    return torch.stack([F.pad(r.positions, (0, width - r.positions.shape[1]), value=-1) for r in records], dim=1)
