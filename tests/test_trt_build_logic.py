@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from trt_fakes import Recorder, fake_tensorrt, make_onnx
+
 from tscli.errors import ModelFileError, UsageError
+from tscli.files import sha256_file
 from tscli.runtime.trt import build as B
 from tscli.runtime.trt.host import GpuInfo
 
@@ -50,7 +51,7 @@ def test_logic_build_writes_engine_and_manifest(monkeypatch, onnx_file, tmp_path
     assert m["tensorrt_version"] == "10.3.0.30" and m["gpu"]["compute_capability"] == "8.7"
     assert m["k_range"] == [4, 32] and m["batch_range"] == [1, 4] and m["precision"] == "fp32"
     assert m["model_metadata"]["model"] == "tiny_ats" and m["plugin_ops"] == [] and m["plugin_library"] is None
-    assert len(m["source_onnx"]["sha256"]) == 64 and m["engine_sha256"] == B.M.sha256_file(res.engine_path)
+    assert len(m["source_onnx"]["sha256"]) == 64 and m["engine_sha256"] == sha256_file(res.engine_path)
     assert res.engine_path.read_bytes().startswith(b"FAKE-ENGINE:")
 
 
@@ -85,7 +86,7 @@ def test_logic_plugin_form_loads_library_checks_creators_and_hashes(monkeypatch,
     res = B.build_engine(B.BuildOptions(str(src), str(tmp_path / "p.engine"), plugins=str(lib)))
     assert ("load_library", str(lib.resolve())) in trt.recorder.calls
     assert res.manifest["plugin_ops"] == [{"name": "ATSSample", "namespace": "tscli", "version": "1"}]
-    assert res.manifest["plugin_library"]["sha256"] == B.M.sha256_file(lib)
+    assert res.manifest["plugin_library"]["sha256"] == sha256_file(lib)
     _with_fake(monkeypatch, creators=())
     with pytest.raises(ModelFileError, match=r"no TensorRT plugin creator for tscli::ATSSample v1 after loading"):
         B.build_engine(B.BuildOptions(str(src), str(tmp_path / "q.engine"), plugins=str(lib)))

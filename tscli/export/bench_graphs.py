@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -19,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .. import __version__
 from ..errors import UsageError
+from ..files import atomic_path
 from ..models.build import _vit_kwargs, build_from_metadata
 from ..models.ideal import IdealATS
 from . import contract as C
@@ -70,13 +69,7 @@ def export_bench_graph(graph: str, meta: dict, path: str | Path, checkpoint: str
     for key, value in C.encode_metadata(ref).items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "tscli", __version__
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        onnx.checker.check_model(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))
     return path

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,8 +27,8 @@ from ..models.build import BuiltModel, build_from_metadata, build_model
 from ..models.dovit import PaddedExport, SegConfig, check_xi, parse_hw
 from ..models.registry import get_config
 from . import contract as C
-from .lint import LintReport, lint_model
-from .onnx_export import optimize_graph
+from .lint import LintReport
+from .onnx_export import optimize_graph, write_checked
 
 SEG_FAMILIES = ("dovit", "seg")
 MIN_OPSET = 17
@@ -154,27 +152,16 @@ def export_seg(opts: SegExportOptions, progress: Callable[[str], None] = lambda 
     for key, value in C.encode_metadata(meta).items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "tscli", __version__
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent or "."))
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        progress("checking (onnx.checker full check, lint)")
-        onnx.checker.check_model(tmp, full_check=True)
-        lint = lint_model(onnx.load(tmp))
-        if not lint.ok:
-            raise TscliError(f"exported graph failed the lint: {lint.first_error()}")
-        report = None
-        if opts.validate:
-            from ..runtime import load
+    validate = None
+    if opts.validate:
+        from ..runtime import load
 
+        def validate(tmp: str):
             progress("validating ONNX Runtime against the variable-length PyTorch reference")
             images = np.random.default_rng(opts.seed).standard_normal((2, 3, *hw)).astype(np.float32)
-            report = seg_parity(lambda xi_: load(tmp, xi=xi_), built, images, default_xis(built, images, meta))
-            report.raise_if_failed()
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            return seg_parity(lambda xi_: load(tmp, xi=xi_), built, images, default_xis(built, images, meta))
+
+    lint, report = write_checked(model, out, validate, progress)
     return SegExportResult(out, meta, lint, report)
 
 

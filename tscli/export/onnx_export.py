@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 
 from .. import __version__
 from ..errors import TscliError, UsageError
+from ..files import atomic_path
 from ..models.ats import ExportWrapper
 from ..models.build import BuiltModel, build_model
 from ..models.labels import label_names
@@ -153,6 +152,24 @@ def optimize_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnxscript.optimizer.optimize(model)
 
 
+def write_checked(model: onnx.ModelProto, out: Path, validate: Callable[[str], object] | None = None,
+                  progress: Callable[[str], None] = lambda msg: None) -> tuple[LintReport, object | None]:
+    """Save beside ``out`` under a temporary name, run the full checker, the lint and
+    ``validate(tmp_path)`` (a report with ``raise_if_failed``), then rename into place. Any failure
+    leaves nothing on disk. Every exporter ends here."""
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+        progress("checking (onnx.checker full check, lint)")
+        onnx.checker.check_model(str(tmp), full_check=True)
+        lint = lint_model(onnx.load(str(tmp)))
+        if not lint.ok:
+            raise TscliError(f"exported graph failed the lint: {lint.first_error()}")
+        report = validate(str(tmp)) if validate else None
+        if report is not None:
+            report.raise_if_failed()
+    return lint, report
+
+
 def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda msg: None) -> ExportResult:
     cfg, max_k = resolve_options(opts)
     out = Path(opts.output or f"{cfg.name}.onnx")
@@ -171,24 +188,13 @@ def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda ms
     for key, value in C.encode_metadata(meta).items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "tscli", __version__
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent or "."))
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        progress("checking (onnx.checker full check, lint)")
-        onnx.checker.check_model(tmp, full_check=True)
-        lint = lint_model(onnx.load(tmp))
-        if not lint.ok:
-            raise TscliError(f"exported graph failed the lint: {lint.first_error()}")
-        report = None
-        if opts.validate and cfg.family == "ats":
-            from .validate import validate_export
+    validate = None
+    if opts.validate and cfg.family == "ats":
+        from .validate import validate_export
 
+        def validate(tmp: str):
             progress("validating ONNX Runtime against PyTorch")
-            report = validate_export(tmp, built, meta)
-            report.raise_if_failed()
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            return validate_export(tmp, built, meta)
+
+    lint, report = write_checked(model, out, validate, progress)
     return ExportResult(out, meta, lint, report)

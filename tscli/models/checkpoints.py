@@ -7,22 +7,17 @@ A checkpoint that does not fit is an error naming the missing/unexpected/mis-sha
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
+from ..files import sha256_file
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_ema", "module")
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the name the export side has always used
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

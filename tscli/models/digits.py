@@ -13,13 +13,12 @@ parameters, so one checkpoint serves both).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..files import atomic_path
 from .registry import ViTConfig, register
 
 
@@ -107,12 +106,6 @@ def train_digits(output: str | Path, epochs: int = 12, seed: int = 0, batch: int
         train_acc = float((model(x, full).argmax(1) == y).float().mean())
         val_acc = float((model(vx_t, full).argmax(1) == vy_t).float().mean())
         val_acc_8 = float((model(vx_t, torch.zeros(8)).argmax(1) == vy_t).float().mean())
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=str(output.parent or "."))
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(output) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     return TrainResult(output, epochs, time.perf_counter() - start, train_acc, val_acc, val_acc_8)

@@ -20,14 +20,13 @@ One profile per (device, backend, provider, batch) is kept: tuning again replace
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from ..errors import ModelFileError, UsageError
+from ..files import atomic_path
 
 SCHEMA = "tscli.profiles/1"
 MATCH_KEYS = ("cpu", "gpu", "backend", "provider")
@@ -98,14 +97,8 @@ def read_store(path: str | Path) -> list[dict]:
 
 def write_store(path: str | Path, profiles: list[dict]) -> Path:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"schema": SCHEMA, "profiles": profiles}, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"schema": SCHEMA, "profiles": profiles}, indent=2))
     return path
 
 

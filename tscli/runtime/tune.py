@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError, require
 from ..export import contract as C
+from ..files import atomic_path
 from . import flops as F
 from . import profiles as P
 from .ort_backend import OrtBackend
@@ -164,8 +165,6 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> Path:
     """Accuracy and median latency vs K (two y axes), the chosen K marked. Temp file + rename."""
-    import os
-    import tempfile
 
     matplotlib = require("matplotlib", "pip install matplotlib")
     matplotlib.use("Agg")
@@ -185,14 +184,9 @@ def plot(report: dict, path: Path) -> Path:
     handles = ax.get_legend_handles_labels()[0] + lat.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=str(path.parent))
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
     return path

@@ -12,6 +12,7 @@ import numpy as np
 
 from ...errors import CheckFailed, InputError, ModelFileError, UsageError
 from ...export import contract as C
+from ...files import sha256_file
 from . import manifest as M
 from .host import check_trt_version, detect_gpu, import_cudart, import_tensorrt
 from .profiles import Profile, choose_profile
@@ -86,7 +87,7 @@ class TrtBackend:
             if library is not None:
                 load_plugin_library(trt, library)
                 recorded = (self.manifest.get("plugin_library") or {}).get("sha256")
-                if recorded and M.sha256_file(library) != recorded:
+                if recorded and sha256_file(library) != recorded:
                     self.warnings.append(f"plugin library {library} differs from the one the engine was built with")
             check_plugin_ops(trt, self.manifest["plugin_ops"], library)
         self.meta = self.manifest["model_metadata"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from ... import __version__
 from ...errors import CheckFailed, ModelFileError, UsageError
 from ...export import contract as C
+from ...files import sha256_file
 from . import manifest as M
 from .host import GpuInfo, check_trt_version, detect_gpu, import_tensorrt
 from .profiles import DEFAULT_BATCH, Profile, batch_span, derive_profiles, k_span
@@ -231,9 +232,9 @@ def make_manifest(plan: BuildPlan, trt_version: str, gpu: GpuInfo | None, precis
         "precision": precision,
         "profiles": [p.to_dict() for p in plan.profiles],
         "k_range": k_span(plan.profiles), "batch_range": batch_span(plan.profiles),
-        "plugin_library": {"path": str(lib), "sha256": M.sha256_file(lib)} if lib and plugin_ops else None,
+        "plugin_library": {"path": str(lib), "sha256": sha256_file(lib)} if lib and plugin_ops else None,
         "plugin_ops": plugin_ops,
-        "source_onnx": {"path": str(plan.source.path.resolve()), "sha256": M.sha256_file(plan.source.path)},
+        "source_onnx": {"path": str(plan.source.path.resolve()), "sha256": sha256_file(plan.source.path)},
         "tscli_version": __version__,
         "model_metadata": plan.source.meta,
         "input_names": plan.source.input_names,
@@ -285,5 +286,5 @@ def build_engine(opts: BuildOptions, progress=lambda msg: None) -> BuildResult:
     gpu, _ = detect_gpu()
     manifest = make_manifest(plan, trt.__version__, gpu, opts.precision, plugin_ops, opts)
     engine_path, manifest_path = M.write_engine(plan.engine_path, bytes(memoryview(serialized)), manifest)
-    manifest["engine_sha256"] = M.sha256_file(engine_path)
+    manifest["engine_sha256"] = sha256_file(engine_path)
     return BuildResult(engine_path, manifest_path, manifest, time.perf_counter() - start, warnings)
