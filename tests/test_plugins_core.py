@@ -12,13 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from tscli.errors import InputError, UsageError  # noqa: E402
-from tscli.models.ops import SCHEME_CODES, ats_sample_reference  # noqa: E402
-from tscli.models.sampling import SCHEMES, ats_pick, slot_indices  # noqa: E402
-from tscli.plugins.core import ats_sample_cpu, ats_sample_cpu_with_margin, build_cpu_library  # noqa: E402
+from tscli.errors import InputError, UsageError
+from tscli.models.ops import SCHEME_CODES, ats_sample_reference
+from tscli.models.sampling import SCHEMES, ats_pick, slot_indices
+from tscli.plugins.core import (
+    ats_sample_cpu,
+    ats_sample_cpu_with_margin,
+    build_cpu_library,
+)
 
 # ../shared beside the repo, as in tests/conftest.py
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "ats_pick_vectors.json"

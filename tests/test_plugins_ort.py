@@ -8,19 +8,16 @@ name), inside a small graph with ops before and after it.
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+import torch
+from onnx import TensorProto as TP
+from onnx import helper
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxruntime_extensions")
-torch = pytest.importorskip("torch")
-
-from onnx import TensorProto as TP  # noqa: E402
-from onnx import helper  # noqa: E402
-
-from tscli.models.ops import ats_sample_reference  # noqa: E402
-from tscli.models.sampling import SCHEMES  # noqa: E402
-from tscli.plugins.ort_custom_op import (  # noqa: E402
+from tscli.models.ops import ats_sample_reference
+from tscli.models.sampling import SCHEMES
+from tscli.plugins.ort_custom_op import (
     ORT_CONTRIB_DOMAIN,
     create_ort_plugin_session,
     to_ort_plugin_model,
@@ -109,14 +106,10 @@ def test_plugin_graph_matches_reference(scheme: str, with_function: bool) -> Non
     assert checked == 15
 
 
-def test_exported_plugin_form_matches_plain_form(request: pytest.FixtureRequest) -> None:
+def test_exported_plugin_form_matches_plain_form(tiny_exports) -> None:
     """Issue 5 acceptance: the exporter's plugin-form tiny_ats, run here through the C++ core, gives
     the plain form's logits (<= 1e-5) and exactly the same kept counts and positions, for several K."""
-    try:
-        exports = request.getfixturevalue("tiny_exports")  # tests/conftest.py, shared with test_export
-    except pytest.FixtureLookupError:
-        pytest.skip("tiny_exports fixture (tests/conftest.py) not available")
-    ort = pytest.importorskip("onnxruntime")
+    exports = tiny_exports
     plain = ort.InferenceSession(str(exports["paper"]), providers=["CPUExecutionProvider"])
     plugin_model = onnx.load(str(exports["plugin"]))
     assert sum(n.op_type == "ATSSample" and n.domain == "tscli" for n in plugin_model.graph.node) >= 1
