@@ -175,6 +175,8 @@ def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda ms
     out = Path(opts.output or f"{cfg.name}.onnx")
     if out.parent and not out.parent.exists():
         raise UsageError(f"output folder {str(out.parent)!r} does not exist")
+    if out.is_dir():
+        raise UsageError(f"-o {str(out)!r} is a folder; give a file name such as {str(out / (cfg.name + '.onnx'))!r}")
     progress(f"building {cfg.name} ({'checkpoint' if opts.checkpoint else 'random weights'})")
     built = build_model(cfg, checkpoint=opts.checkpoint, seed=opts.seed)
     progress("tracing and converting to ONNX")
