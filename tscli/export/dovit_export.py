@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,18 +22,17 @@ import torch
 from onnx import numpy_helper
 
 from .. import __version__
-from ..errors import CheckFailed, TscliError, UsageError
+from ..errors import TscliError, UsageError
 from ..models.build import BuiltModel, build_from_metadata, build_model
 from ..models.dovit import PaddedExport, SegConfig, check_xi, parse_hw
 from ..models.registry import get_config
 from . import contract as C
 from .lint import LintReport
 from .onnx_export import optimize_graph, write_checked
+from .validate import LOGIT_ATOL, NEAR_TIE, ParityReport
 
 SEG_FAMILIES = ("dovit", "seg")
 MIN_OPSET = 17
-LOGIT_ATOL = 1e-4
-NEAR_TIE = 1e-6
 
 
 @dataclass
@@ -184,27 +183,11 @@ class SegParityRow:
     ok: bool
 
 
-@dataclass
-class SegParityReport:
-    backend: str
-    provider: str
-    tolerance: float = LOGIT_ATOL
-    rows: list[SegParityRow] = field(default_factory=list)
+class SegParityReport(ParityReport):
+    """Same report as ATS parity (ok, to_dict, raise_if_failed); rows are SegParityRows."""
 
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.rows)
-
-    def to_dict(self) -> dict:
-        return {"backend": self.backend, "provider": self.provider, "tolerance": self.tolerance, "ok": self.ok,
-                "near_tie_margin": NEAR_TIE, "rows": [asdict(r) for r in self.rows]}
-
-    def raise_if_failed(self) -> None:
-        bad = [r for r in self.rows if not r.ok]
-        if bad:
-            r = bad[0]
-            raise CheckFailed(
-                f"segmentation parity failed at xi={r.xi} C={r.capacity}: max|logit diff| {r.max_abs_diff:.2e} "
+    def describe_failure(self, r: SegParityRow) -> str:
+        return (f"segmentation parity failed at xi={r.xi} C={r.capacity}: max|logit diff| {r.max_abs_diff:.2e} "
                 f"(tol {self.tolerance:.0e}), masks equal {r.masks_agree}/{r.images - r.near_ties}, "
                 f"counts equal {r.counts_agree}/{r.images}, saturated flags equal {r.saturated_agree}/{r.images}")
 

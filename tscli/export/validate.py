@@ -50,14 +50,14 @@ class ParityReport:
         return {"backend": self.backend, "provider": self.provider, "tolerance": self.tolerance, "ok": self.ok,
                 "near_tie_margin": NEAR_TIE, "rows": [asdict(r) for r in self.rows]}
 
+    def describe_failure(self, r: ParityRow) -> str:
+        return (f"parity failed at K={r.k} ({r.execution}): max|logit diff| {r.max_abs_diff:.2e} (tol {self.tolerance:.0e}), "
+                f"kept sets equal {r.sets_agree}/{r.images - r.near_ties}, counts equal {r.counts_agree}/{r.images}")
+
     def raise_if_failed(self) -> None:
         bad = [r for r in self.rows if not r.ok]
         if bad:
-            r = bad[0]
-            raise CheckFailed(
-                f"parity failed at K={r.k} ({r.execution}): max|logit diff| {r.max_abs_diff:.2e} (tol {self.tolerance:.0e}), "
-                f"kept sets equal {r.sets_agree}/{r.images - r.near_ties}, counts equal {r.counts_agree}/{r.images}"
-            )
+            raise CheckFailed(self.describe_failure(bad[0]))
 
 
 def torch_reference(built: BuiltModel, images: np.ndarray, k: int | None, execution: str):
