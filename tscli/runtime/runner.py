@@ -142,5 +142,5 @@ def load(path: str | Path, k: int | str | None = None, backend: str = "ort", thr
         from .gpu import open_gpu_backend
 
         gpu = open_gpu_backend(path, backend, k=k, threads=threads)
-        return Runner(gpu, getattr(gpu, "k", k))
+        return Runner(gpu, getattr(gpu, "k", k), xi)
     raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
