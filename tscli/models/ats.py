@@ -138,10 +138,10 @@ class TokenSamplingBlock(Block):
             index, slot_mask = torch.ops.tscli.ats_sample(scores, valid, k_like, self.scheme)
             margin = None
             index = index.long()
-        else:  # the same functions the op runs, without its int32 plugin contract
-            keep, _ = ats_pick(scores, valid, k_like, self.scheme, with_margin=False)
+        else:  # the same functions the op runs, without its int32 plugin contract; the margin
+            # path (reference runs) decides identically, so one call serves both
+            keep, margin = ats_pick(scores, valid, k_like, self.scheme, with_margin=self.record_margin)
             index, slot_mask = slot_indices(keep, k_like)
-            margin = ats_pick(scores, valid, k_like, self.scheme)[1] if self.record_margin else None
         positions = index if state.positions is None else torch.gather(state.positions, 1, index)
         if records is not None:
             records.append(
