@@ -171,6 +171,20 @@ def test_bench_report_schema(tiny_exports, tmp_path):
     assert again["rows"][0]["dense"] is None and again["rows"][0]["speedup_vs_dense"] is None
 
 
+def test_bench_sessions_pin_k_and_stop_spinning(tiny_exports):
+    # One session per (graph, K) with K pinned, as runtime.load runs it; idle workers must not
+    # spin into the next session's run (see OrtBackend).
+    from tscli.runtime.bench import _open
+
+    g = _open(tiny_exports["paper"], 1, "ats")
+    for k in (40, 7):
+        s = g.session(k)
+        assert s.fixed_dims == {"K": k} and g.session(k) is s
+        assert s.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+    dense = _open(tiny_exports["dense"], 1, "dense")
+    assert dense.session(None) is dense.backend and dense.backend.fixed_dims == {}
+
+
 def test_bench_rejects_bad_input(tiny_exports):
     from tscli.runtime.bench import bench
 

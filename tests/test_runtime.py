@@ -54,6 +54,21 @@ def test_k_defaults_to_max_k_and_is_range_checked(tiny_exports):
         load(tiny_exports["dense"], k=5)
 
 
+def test_k_is_pinned_in_the_session_and_changes_nothing(tiny_exports):
+    from tscli.runtime.ort_backend import OrtBackend
+
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    dynamic = OrtBackend(tiny_exports["paper"])
+    for k, runner in ((17, load(tiny_exports["paper"], k=17)), (40, load(tiny_exports["paper"]))):
+        assert runner.backend.fixed_dims == {"K": k}
+        pinned = runner.infer(x)
+        free = dynamic.run({"images": x, "k_select": np.zeros(k, np.float32)})
+        # Same graph, same kernels: pinning K only lets ORT plan for it; allow float reassociation.
+        np.testing.assert_allclose(pinned["logits"], free["logits"], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(pinned["kept_counts"], free["kept_counts"])
+        np.testing.assert_array_equal(pinned["kept_positions"], free["kept_positions"])
+
+
 def test_provider_is_the_one_really_running(tiny_exports):
     assert load(tiny_exports["paper"]).provider == "CPUExecutionProvider"
 

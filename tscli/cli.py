@@ -333,10 +333,12 @@ def bench(
     xi: Optional[List[str]] = typer.Option(None, "--xi", help="DoViT files: thresholds to time (default: the export value)."),
 ):
     """Latency per (K, batch) vs the dense baseline and the ideal bound, interleaved so drift cancels."""
-    from .runtime import load
+    from .export import contract as C
     from .runtime.bench import bench as run_bench
+    from .runtime.ort_backend import OrtBackend
 
-    if load(file, threads=1).meta.get("family") in ("dovit", "seg"):
+    # Only the family is needed here: one plain session, not a runner (which would pin a K).
+    if C.decode_metadata(OrtBackend(file, threads=1).metadata_props).get("family") in ("dovit", "seg"):
         if k or ideal or no_dense:
             raise UsageError("--k/--ideal/--no-dense apply to ATS files; this is a segmentation file (use --xi)")
         from .runtime.segmentation import bench_seg

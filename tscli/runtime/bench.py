@@ -3,7 +3,10 @@ optionally, the "ideal" bound (the same work minus all sampling; see tscli/model
 
 Only ratios measured in one run mean anything on a shared machine, so the measurement is
 interleaved: after a warm-up, each round runs every (graph, K, batch) once, in an order that
-rotates by one position per round, so slow drift of the machine hits every graph alike. Reported
+rotates by one position per round, so slow drift of the machine hits every graph alike. Each
+(graph, K) is its own session with K pinned, as runtime.load does, and every session's workers
+stop spinning when its run returns (otherwise they steal the cores from the next session; see
+ort_backend). Reported
 per (K, batch): median and p90 latency, images/s, analytic GFLOPs (runtime/flops.py), speed-up of
 the ATS graph over dense and the fraction of the ideal speed it reaches (ideal latency / ATS
 latency). Ratios are the median over rounds of the ratio within each round (paired samples). Torch-free: the dense/ideal graphs are exported on the fly only when needed, through
@@ -42,15 +45,24 @@ BACKENDS = ("ort",)
 @dataclass
 class Graph:
     name: str  # "ats" | "dense" | "ideal"
-    backend: OrtBackend
+    backend: OrtBackend  # the first session; metadata and provider come from it
     meta: dict
     path: str
+    threads: int | None = None
     samples: dict = field(default_factory=dict)  # (k, batch) -> [seconds]
+    sessions: dict = field(default_factory=dict)  # k -> OrtBackend with K pinned
+
+    def session(self, k: int | None) -> OrtBackend:
+        if k is None or self.name == "dense":
+            return self.backend
+        if k not in self.sessions:
+            self.sessions[k] = OrtBackend(self.path, threads=self.threads, fixed_dims={C.DIM_K: k}, stop_spinning=True)
+        return self.sessions[k]
 
 
 def _open(path: str | Path, threads: int | None, name: str) -> Graph:
-    backend = OrtBackend(path, threads=threads)
-    return Graph(name, backend, C.decode_metadata(backend.metadata_props), str(path))
+    backend = OrtBackend(path, threads=threads, stop_spinning=True)
+    return Graph(name, backend, C.decode_metadata(backend.metadata_props), str(path), threads)
 
 
 def check_ks(meta: dict, ks: list[int] | None) -> list[int]:
@@ -108,7 +120,7 @@ def _run_once(g: Graph, k: int | None, x: np.ndarray) -> tuple[float, dict]:
     if k is not None:
         feeds[C.INPUT_K] = np.zeros(k, np.float32)
     t0 = time.perf_counter()
-    out = g.backend.run(feeds)
+    out = g.session(k).run(feeds)
     return time.perf_counter() - t0, out
 
 
@@ -120,6 +132,8 @@ def measure(graphs: list[Graph], ks: list[int], batches: list[int], runs: int, w
     inputs = {b: rng.standard_normal((b,) + size).astype(np.float32) for b in batches}
     items = _schedule(graphs, ks, batches)
     counts = {}
+    for g, k, _ in items:  # open every session before any timing
+        g.session(k)
     for _ in range(warmup):
         for g, k, b in items:
             _run_once(g, k, inputs[b])

@@ -166,7 +166,7 @@ def _dense_baseline(meta: dict, path: str | Path, baseline, checkpoint, folder: 
                                     "pip install 'tscli[export]', or give --baseline FILE") from None
         progress("exporting the dense SETR baseline (same weights)")
         baseline = export_dense_baseline(meta, folder / f"{meta['model']}.dense.onnx", checkpoint)
-    dense = OrtBackend(baseline, threads=threads)
+    dense = OrtBackend(baseline, threads=threads, stop_spinning=True)  # interleaved timing: see OrtBackend
     dmeta = C.decode_metadata(dense.metadata_props)
     if dmeta.get("family") != "seg" or list(dmeta.get("input_size", [])) != list(meta["input_size"]):
         from ..errors import UsageError
@@ -188,7 +188,7 @@ def bench_seg(path: str | Path, xis: list[float] | None = None, batches: list[in
     from ..errors import UsageError
     from .ort_backend import OrtBackend
 
-    dovit = OrtBackend(path, threads=threads)
+    dovit = OrtBackend(path, threads=threads, stop_spinning=True)
     meta = C.decode_metadata(dovit.metadata_props)
     if meta.get("family") != "dovit":
         raise UsageError(f"segmentation bench needs a DoViT file; this one is {meta.get('family')!r}")
