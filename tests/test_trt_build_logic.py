@@ -112,6 +112,26 @@ def test_read_source_without_onnx_package(monkeypatch, tmp_path):
     assert src.custom_ops == [{"name": "ATSSample", "namespace": "tscli", "version": "1"}] and src.lint_error is None
 
 
+def test_logic_input_default_is_dropped_so_xi_stays_an_engine_input(monkeypatch, tmp_path):
+    # TensorRT would fold an input that has an initializer into a constant: a DoViT engine would
+    # then ignore the xi chosen at load. The parser must get the model without that default.
+    import onnx
+
+    src = make_onnx(tmp_path / "seg.onnx", k_input=False, xi_default=0.985, max_k=None)
+    trt = _with_fake(monkeypatch)
+    B.build_engine(B.BuildOptions(str(src), str(tmp_path / "seg.engine"), batch="1:1:2"))
+    parsed = [c for c in trt.recorder.calls if c[0] in ("parse", "parse_from_file")]
+    assert len(parsed) == 1 and parsed[0][0] == "parse"
+    model = onnx.load_from_string(parsed[0][1])
+    assert [i.name for i in model.graph.input] == ["images", "xi"] and not list(model.graph.initializer)
+    assert onnx.load(str(src)).graph.initializer[0].name == "xi"  # the user's file is untouched
+    # Without a defaulted input the file is parsed as it is.
+    plain = make_onnx(tmp_path / "plain.onnx")
+    trt = _with_fake(monkeypatch)
+    B.build_engine(B.BuildOptions(str(plain), str(tmp_path / "plain.engine"), ks=[4], batch="1:1:2"))
+    assert ("parse_from_file", str(plain)) in trt.recorder.calls
+
+
 def test_logic_parser_error_names_the_fix(monkeypatch, tmp_path):
     src = make_onnx(tmp_path / "p.onnx", plugin_node=True, form="plugin")
     monkeypatch.setenv("TSCLI_PLUGIN_PATH", str(tmp_path / "nowhere"))

@@ -22,9 +22,11 @@ BASE_META = {"tool_version": "0.1.0", "model": "tiny_ats", "family": "ats", "max
              "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 10}
 
 
-def make_onnx(path: Path, nonzero: bool = False, plugin_node: bool = False, k_input: bool = True, **meta) -> Path:
+def make_onnx(path: Path, nonzero: bool = False, plugin_node: bool = False, k_input: bool = True,
+              xi_default: float | None = None, **meta) -> Path:
     """logits = Flatten(GlobalAveragePool(images)) [batch, 3]; optionally a NonZero (data-dependent
-    output) or a tscli.ATSSample node, with tscli.* metadata (overridable)."""
+    output), a tscli.ATSSample node, or a scalar input xi with a default (as DoViT files have it),
+    with tscli.* metadata (overridable)."""
     inputs = [helper.make_tensor_value_info(C.INPUT_IMAGES, TensorProto.FLOAT, ["batch", 3, 32, 32])]
     if k_input:
         inputs.append(helper.make_tensor_value_info(C.INPUT_K, TensorProto.FLOAT, ["K"]))
@@ -40,8 +42,15 @@ def make_onnx(path: Path, nonzero: bool = False, plugin_node: bool = False, k_in
                                       plugin_version="1", plugin_namespace="tscli"))
         outputs.append(helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["batch", 3]))
         opsets.append(helper.make_opsetid(C.PLUGIN_DOMAIN, 1))
+    defaults = []
+    if xi_default is not None:
+        inputs.append(helper.make_tensor_value_info(C.INPUT_XI, TensorProto.FLOAT, []))
+        defaults.append(helper.make_tensor(C.INPUT_XI, TensorProto.FLOAT, [], [xi_default]))
+        nodes.append(helper.make_node("Mul", [C.OUTPUT_LOGITS, C.INPUT_XI], ["scaled"]))
+        outputs.append(helper.make_tensor_value_info("scaled", TensorProto.FLOAT, ["batch", 3]))
     # IR 9: the onnx package writes a newer IR than this onnxruntime reads
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs), opset_imports=opsets, ir_version=9)
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializer=defaults),
+                              opset_imports=opsets, ir_version=9)
     for key, value in C.encode_metadata({**BASE_META, **meta}).items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
@@ -155,6 +164,10 @@ def fake_tensorrt(version: str = "10.3.0.30", rec: Recorder | None = None, creat
 
         def parse_from_file(self, path):
             rec.calls.append(("parse_from_file", path))
+            return parse_ok
+
+        def parse(self, model, path=None):
+            rec.calls.append(("parse", bytes(model), path))
             return parse_ok
 
         def get_error(self, i):

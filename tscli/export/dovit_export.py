@@ -120,21 +120,11 @@ def _torch_export(built: BuiltModel, hw, cap, xi, opset: int) -> onnx.ModelProto
 
 def add_input_default(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
     """Give graph input ``name`` a default: an initializer of the same name (ONNX IR >= 4). ONNX
-    Runtime lets a feed override it. TensorRT's parser treats such an input as a constant, so a
-    TensorRT build that should keep xi selectable must first call ``strip_input_default``."""
+    Runtime lets a feed override it. TensorRT's parser treats such an input as a constant, so
+    `tscli build` drops the default before parsing (runtime/trt/build.parser_input)."""
     if not any(i.name == name for i in model.graph.input):
         raise TscliError(f"exported graph has no input {name!r}")
     model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-
-
-def strip_input_default(model: onnx.ModelProto, name: str = C.INPUT_XI) -> bool:
-    """Drop the default initializer of an input (for TensorRT builds); returns whether one was dropped."""
-    keep = [t for t in model.graph.initializer if t.name != name]
-    dropped = len(keep) != len(model.graph.initializer)
-    if dropped:
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-    return dropped
 
 
 def export_seg(opts: SegExportOptions, progress: Callable[[str], None] = lambda msg: None) -> SegExportResult:

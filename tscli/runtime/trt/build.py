@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ... import __version__
-from ...errors import CheckFailed, ModelFileError, UsageError
+from ...errors import CheckFailed, MissingDependency, ModelFileError, UsageError
 from ...export import contract as C
 from ...files import sha256_file
 from . import manifest as M
@@ -47,6 +47,9 @@ class SourceInfo:
     input_types: dict[str, str]  # name -> "float32" / "float16"
     custom_ops: list[dict] = field(default_factory=list)  # [{"name", "namespace", "version"}]
     lint_error: str | None = None
+    # Inputs that carry a default value (an initializer of the same name: DoViT's xi). TensorRT's
+    # parser would fold such an input into a constant, freezing it in the engine.
+    defaulted_inputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -96,8 +99,9 @@ def read_source(path: str | Path) -> SourceInfo:
         inputs = [i for i in model.graph.input if i.name not in init]
         types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name for i in inputs}
         report = lint_model(model)
+        defaulted = [i.name for i in model.graph.input if i.name in init]
         return SourceInfo(path, meta, [i.name for i in inputs], types, _custom_ops_from_onnx(model),
-                          None if report.ok else report.first_error())
+                          None if report.ok else report.first_error(), defaulted)
     from ..ort_backend import OrtBackend
 
     backend = OrtBackend(path)
@@ -105,7 +109,8 @@ def read_source(path: str | Path) -> SourceInfo:
     types = {i.name: i.type.replace("tensor(", "").rstrip(")").replace("float", "float32").replace("3216", "16")
              for i in backend.session.get_inputs()}
     ops = [{"name": C.SAMPLE_OP, "namespace": C.PLUGIN_DOMAIN, "version": C.PLUGIN_VERSION}] if meta.get("form") == "plugin" else []
-    return SourceInfo(path, meta, backend.input_names, types, ops)
+    defaulted = [i.name for i in backend.session.get_overridable_initializers()]
+    return SourceInfo(path, meta, backend.input_names, types, ops, defaulted_inputs=defaulted)
 
 
 def refuse_unbuildable(src: SourceInfo) -> None:
@@ -185,9 +190,30 @@ def add_profiles(builder, config, profiles: list[Profile]) -> None:
         config.add_optimization_profile(profile)
 
 
+def parser_input(src: SourceInfo) -> bytes | None:
+    """What TensorRT parses: None = the file as it is; bytes = the model with the defaults of its
+    defaulted inputs dropped, so that they stay engine inputs (DoViT: xi chosen at load, as with
+    ONNX Runtime, instead of frozen at its export value). Editing the graph needs the onnx package."""
+    if not src.defaulted_inputs:
+        return None
+    if importlib.util.find_spec("onnx") is None:
+        raise MissingDependency(f"{src.path.name}: keeping {', '.join(src.defaulted_inputs)} selectable in the engine "
+                                "needs the onnx package to drop its default first: pip install onnx")
+    import onnx
+
+    model = onnx.load(str(src.path))
+    keep = [t for t in model.graph.initializer if t.name not in src.defaulted_inputs]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return model.SerializeToString()
+
+
 def parse_onnx(trt, network, logger, plan: BuildPlan) -> None:
     parser = trt.OnnxParser(network, logger)
-    if parser.parse_from_file(str(plan.source.path)):
+    data = parser_input(plan.source)
+    # parse(bytes, path): the path only resolves external data; tscli files have none.
+    ok = parser.parse_from_file(str(plan.source.path)) if data is None else parser.parse(data, str(plan.source.path))
+    if ok:
         return
     errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
     first = errors[0].strip().splitlines()[0][:300] if errors else "unknown parser error"
