@@ -6,10 +6,12 @@ interleaved: after a warm-up, each round runs every (graph, K, batch) once, in a
 rotates by one position per round, so slow drift of the machine hits every graph alike. Each
 (graph, K) is its own session with K pinned, as runtime.load does, and every session's workers
 stop spinning when its run returns (otherwise they steal the cores from the next session; see
-ort_backend). Reported
-per (K, batch): median and p90 latency, images/s, analytic GFLOPs (runtime/flops.py), speed-up of
-the ATS graph over dense and the fraction of the ideal speed it reaches (ideal latency / ATS
-latency). Ratios are the median over rounds of the ratio within each round (paired samples). Torch-free: the dense/ideal graphs are exported on the fly only when needed, through
+ort_backend).
+
+Reported per (K, batch): median and p90 latency, images/s, analytic GFLOPs (runtime/flops.py),
+speed-up of the ATS graph over dense and the fraction of the ideal speed it reaches (ideal
+latency / ATS latency). Ratios are the median over rounds of the ratio within each round (paired
+samples). Torch-free: the dense/ideal graphs are exported on the fly only when needed, through
 the export extras, imported lazily.
 
 JSON report (``--json``), schema ``tscli.bench/1``::

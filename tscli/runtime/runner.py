@@ -129,7 +129,7 @@ def load(path: str | Path, k: int | str | None = None, backend: str = "ort", thr
         from .ort_backend import OrtBackend
 
         # K is fixed for the runner's life, so it is pinned in the session's shapes too (ORT then
-        # plans for that K: measured 2-4 % faster at batch 1). A K known only from the file
+        # plans for that K: measured about 2 % faster at batch 1). A K known only from the file
         # (default max_k, or "auto") costs a second session creation (~0.3 s for DeiT-S).
         given = isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
         ort_backend = OrtBackend(path, threads=threads, fixed_dims={C.DIM_K: int(k)} if given else None)
