@@ -27,9 +27,9 @@ class OrtBackend:
         if not path.is_file():
             raise ModelFileError(f"model file {str(path)!r} does not exist")
         opts = ort.SessionOptions()
-        if threads is not None and threads < 1:
-            raise UsageError(f"--threads {threads} is invalid; give a positive number of threads")
         if threads is not None:
+            if threads < 1:
+                raise UsageError(f"--threads {threads} is invalid; give a positive number of threads")
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         if stop_spinning:
