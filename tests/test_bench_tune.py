@@ -71,6 +71,16 @@ def test_choose_by_max_drop_and_budget():
         choose(TABLE, 5.0, 1.0)
 
 
+def test_bad_objective_is_refused_before_any_measurement(tmp_path):
+    from tscli.runtime.tune import tune
+
+    # The model path does not exist: reaching the measurement would raise ModelFileError instead.
+    missing = tmp_path / "none.onnx"
+    for budget, drop, match in ((0.0, None, "must be positive"), (None, -1.0, ">= 0"), (5.0, 1.0, "either")):
+        with pytest.raises(UsageError, match=match):
+            tune(missing, tmp_path, budget_ms=budget, max_drop=drop)
+
+
 def test_default_grid_is_within_range():
     grid = default_grid(196)
     assert grid[0] == 196 and min(grid) >= 1 and grid == sorted(set(grid), reverse=True)

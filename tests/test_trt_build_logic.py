@@ -132,6 +132,20 @@ def test_logic_input_default_is_dropped_so_xi_stays_an_engine_input(monkeypatch,
     assert ("parse_from_file", str(plain)) in trt.recorder.calls
 
 
+def test_logic_timing_cache_path_is_checked_before_building_and_never_costs_the_engine(monkeypatch, onnx_file, tmp_path):
+    trt = _with_fake(monkeypatch)
+    for bad in (tmp_path, tmp_path / "missing" / "t.cache"):  # a folder; a file in a missing folder
+        with pytest.raises(UsageError, match="--timing-cache"):
+            B.build_engine(B.BuildOptions(str(onnx_file), str(tmp_path / "e.engine"), ks=[4], timing_cache=str(bad)))
+        assert "build_serialized_network" not in trt.recorder.names()
+    assert not (tmp_path / "e.engine").exists()
+    # A cache that cannot be written after the build is a warning: the engine is kept.
+    monkeypatch.setattr(B, "atomic_path", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    res = B.build_engine(B.BuildOptions(str(onnx_file), str(tmp_path / "e.engine"), ks=[4],
+                                        timing_cache=str(tmp_path / "t.cache")))
+    assert res.engine_path.is_file() and any("timing cache not saved" in w for w in res.warnings)
+
+
 def test_logic_parser_error_names_the_fix(monkeypatch, tmp_path):
     src = make_onnx(tmp_path / "p.onnx", plugin_node=True, form="plugin")
     monkeypatch.setenv("TSCLI_PLUGIN_PATH", str(tmp_path / "nowhere"))

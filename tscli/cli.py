@@ -494,7 +494,7 @@ def tune(
         table.add_row(f"[bold green]{r['k']} <-[/]" if r["k"] == report["chosen_k"] else str(r["k"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['accuracy']:.4f}", f"{r['gflops']:.4f}")
     out.print(table)
     out.print(f"chosen K={report['chosen_k']} ({report['objective']}); profile -> {report['profile_store']}, "
-              f"table -> {report['markdown']}, plot -> {report['plot']}")
+              f"table -> {report['markdown']}, plot -> {report['plot'] or 'skipped (pip install matplotlib)'}")
 
 
 def main() -> None:

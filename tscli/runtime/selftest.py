@@ -97,6 +97,9 @@ def selftest(onnx_file: str | None = None, ks: list[int] | None = None, plugins:
     with tempfile.TemporaryDirectory(prefix="tscli-selftest-") as tmp:
         source = Path(onnx_file) if onnx_file else _tiny_source(Path(tmp))
         probe = load(source)
+        if probe.meta.get("family") in ("dovit", "seg"):
+            raise UsageError(f"selftest compares classification logits; {source.name} is a segmentation file "
+                             f"({probe.meta.get('family')}): give an ATS or dense classification file, or none")
         if ks is None:
             ks = [None] if probe.k is None else sorted({probe.k, max(1, probe.k // 2)})
         k_range = None if ks == [None] else [f"{min(ks)}:{max(ks)}:{max(ks)}"]

@@ -19,6 +19,7 @@ Outputs: the profile (runtime/profiles.py; merged into the store), ``<stem>.md``
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import time
 from pathlib import Path
 from typing import Callable
@@ -93,13 +94,20 @@ def _latency(backend: OrtBackend, x: np.ndarray, ks: list[int], runs: int, warmu
     return times
 
 
-def choose(table: list[dict], budget_ms: float | None, max_drop: float | None) -> tuple[int, dict]:
-    """Pick K from the measured table (rows with k, median_ms, accuracy). Pure logic, tested."""
+def check_objective(budget_ms: float | None, max_drop: float | None) -> None:
+    """The objective options alone (tune calls it before measuring anything)."""
     if budget_ms is not None and max_drop is not None:
         raise UsageError("give either --budget-ms or --max-drop, not both")
+    if budget_ms is not None and budget_ms <= 0:
+        raise UsageError(f"--budget-ms {budget_ms} must be positive")
+    if max_drop is not None and max_drop < 0:
+        raise UsageError(f"--max-drop {max_drop} must be >= 0 (percentage points of accuracy)")
+
+
+def choose(table: list[dict], budget_ms: float | None, max_drop: float | None) -> tuple[int, dict]:
+    """Pick K from the measured table (rows with k, median_ms, accuracy). Pure logic, tested."""
+    check_objective(budget_ms, max_drop)
     if budget_ms is not None:
-        if budget_ms <= 0:
-            raise UsageError(f"--budget-ms {budget_ms} must be positive")
         fits = [r for r in table if r["median_ms"] <= budget_ms]
         if not fits:
             fastest = min(table, key=lambda r: r["median_ms"])
@@ -108,8 +116,6 @@ def choose(table: list[dict], budget_ms: float | None, max_drop: float | None) -
         best = max(fits, key=lambda r: (r["accuracy"], -r["median_ms"]))
         return int(best["k"]), {"budget_ms": budget_ms}
     drop = 1.0 if max_drop is None else max_drop
-    if drop < 0:
-        raise UsageError(f"--max-drop {drop} must be >= 0 (percentage points of accuracy)")
     top = max(table, key=lambda r: r["k"])
     ok = [r for r in table if r["accuracy"] >= top["accuracy"] - drop / 100.0 - 1e-12]
     best = min(ok, key=lambda r: (r["median_ms"], -r["accuracy"]))
@@ -197,8 +203,7 @@ def tune(path: str | Path, data: str | Path, labels: str = "auto", budget_ms: fl
          runs: int = 10, warmup: int = 2, limit: int | None = None, output: str | Path | None = None,
          progress: Callable[[str], None] = lambda m: None) -> dict:
     """Measure, choose K, and write the profile (+ .md and .png beside the store)."""
-    if budget_ms is not None and max_drop is not None:
-        raise UsageError("give either --budget-ms or --max-drop, not both")
+    check_objective(budget_ms, max_drop)
     store = Path(output) if output else P.default_store(path)
     if not store.parent.is_dir():
         raise UsageError(f"output folder {str(store.parent)!r} does not exist")
@@ -213,6 +218,9 @@ def tune(path: str | Path, data: str | Path, labels: str = "auto", budget_ms: fl
               "chosen_k": chosen, "accuracy_kind": kind, "table": table}
     P.add_profile(store, profile)
     md = store.with_suffix(".md")
-    md.write_text(markdown(report))
-    report.update(profile_store=str(store), markdown=str(md), plot=str(plot(report, store.with_suffix(".png"))))
+    with atomic_path(md, suffix=".md") as tmp:
+        tmp.write_text(markdown(report))
+    # The plot is a convenience: without matplotlib (a deploy host) the profile and table still count.
+    png = plot(report, store.with_suffix(".png")) if importlib.util.find_spec("matplotlib") else None
+    report.update(profile_store=str(store), markdown=str(md), plot=str(png) if png else None)
     return report

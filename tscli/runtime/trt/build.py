@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.util
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from ... import __version__
 from ...errors import CheckFailed, MissingDependency, ModelFileError, UsageError
 from ...export import contract as C
-from ...files import sha256_file
+from ...files import atomic_path, sha256_file
 from . import manifest as M
 from .host import GpuInfo, check_trt_version, detect_gpu, import_tensorrt
 from .profiles import DEFAULT_BATCH, Profile, batch_span, derive_profiles, k_span
@@ -140,6 +139,10 @@ def plan_build(opts: BuildOptions) -> BuildPlan:
     engine = Path(opts.output) if opts.output else src.path.with_suffix(".engine")
     if not engine.parent.exists():
         raise UsageError(f"output folder {str(engine.parent)!r} does not exist")
+    if opts.timing_cache:  # checked now: a bad path must not surface after a build of minutes
+        cache = Path(opts.timing_cache)
+        if cache.is_dir() or not cache.parent.is_dir():
+            raise UsageError(f"--timing-cache {opts.timing_cache!r} must be a file in an existing folder")
     library = find_plugin_library(opts.plugins) if (opts.plugins or src.custom_ops) else None
     return BuildPlan(src, profiles, engine, library)
 
@@ -233,13 +236,16 @@ def _timing_cache(config, path: str | None):
     return cache
 
 
-def _save_timing_cache(config, path: str | None) -> None:
+def _save_timing_cache(config, path: str | None, warnings: list[str]) -> None:
+    """Best effort, after the engine is safely written: losing the cache only costs the next build time."""
     if not path:
         return
-    data = bytes(memoryview(config.get_timing_cache().serialize()))
-    target = Path(path)
-    tmp = M._write_temp(target.parent if str(target.parent) else Path("."), data, ".cache")
-    os.replace(tmp, target)
+    try:
+        data = bytes(memoryview(config.get_timing_cache().serialize()))
+        with atomic_path(path, suffix=".cache") as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        warnings.append(f"timing cache not saved to {path}: {exc.strerror or exc}")
 
 
 def count_plugin_layers(network) -> int:
@@ -308,9 +314,9 @@ def build_engine(opts: BuildOptions, progress=lambda msg: None) -> BuildResult:
     if serialized is None:
         raise CheckFailed(f"TensorRT could not build an engine from {plan.source.path.name} (see its log above; "
                           "--verbose shows more)")
-    _save_timing_cache(config, opts.timing_cache)
     gpu, _ = detect_gpu()
     manifest = make_manifest(plan, trt.__version__, gpu, opts.precision, plugin_ops, opts)
     engine_path, manifest_path = M.write_engine(plan.engine_path, bytes(memoryview(serialized)), manifest)
+    _save_timing_cache(config, opts.timing_cache, warnings)
     manifest["engine_sha256"] = sha256_file(engine_path)
     return BuildResult(engine_path, manifest_path, manifest, time.perf_counter() - start, warnings)
