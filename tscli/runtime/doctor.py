@@ -99,7 +99,7 @@ def check_tensorrt() -> tuple[Check, object | None]:
     try:
         trt = host.import_tensorrt()
     except MissingDependency as exc:
-        return Check("TensorRT", MISSING, str(exc).split(":")[0], host.TRT_HINT), None
+        return Check("TensorRT", MISSING, str(exc).replace(f": {host.TRT_HINT}", ""), host.TRT_HINT), None
     try:
         host.check_trt_version(trt)
     except MissingDependency as exc:

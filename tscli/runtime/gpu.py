@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-GPU_BACKENDS = ("trt", "ort-cuda", "ort-trt")
-
 
 def open_gpu_backend(path: str | Path, backend: str, k: int | None = None, threads: int | None = None,
                      plugins: str | None = None):

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..export import contract as C
-from .flops import Arch, block_flops
+from ..files import atomic_path
+from .flops import arch_from_meta, block_flops
 from .preprocess import preprocess
 
 SEG_FAMILIES = ("dovit", "seg")
@@ -84,26 +85,21 @@ def write_outputs(result: Segmentation, folder: str | Path, n_classes: int) -> t
     stem = Path(result.source).stem if not result.source.startswith("<") else "image"
     dtype = np.uint8 if n_classes <= 256 else np.uint16
     paths = (folder / f"{stem}_classes.png", folder / f"{stem}_overlay.png")
-    Image.fromarray(result.class_map.astype(dtype)).save(paths[0])
-    Image.fromarray(overlay(result.view, result.class_map, n_classes)).save(paths[1])
+    for path, image in zip(paths, (Image.fromarray(result.class_map.astype(dtype)),
+                                   Image.fromarray(overlay(result.view, result.class_map, n_classes)))):
+        with atomic_path(path, suffix=".png") as tmp:  # no half-written PNG on Ctrl-C
+            image.save(tmp, format="PNG")
     return paths
 
 
 # -- analytic GFLOPs (same conventions as runtime/flops.py: 1 multiply-add = 2 FLOPs) ----------
 
 
-def _arch(meta: dict) -> Arch:
-    chans, h, w = meta["input_size"]
-    p = int(meta["patch_size"])
-    return Arch(int(meta["embed_dim"]), int(meta["depth"]), (h // p) * (w // p), chans * p * p,
-                int(meta["num_classes"]), tuple(meta.get("stages") or ()))
-
-
 def seg_flops(meta: dict, widths: list[int] | None) -> int:
     """Patch embedding + blocks + decoder and aux heads (1x1 on all patches; upsampling not
     counted). widths: kept patch tokens after each decision layer (None = dense). Blocks after
     decision i run on widths[i] + 1 tokens (CLS); the aux heads always see the full map."""
-    a = _arch(meta)
+    a = arch_from_meta(meta)
     heads = 1 + (len(a.stages) if widths is not None else 0)
     total = 2 * a.num_patches * a.patch_dim * a.embed_dim + heads * 2 * a.num_patches * a.embed_dim * a.num_classes
     t = a.tokens
