@@ -21,6 +21,13 @@ def tscli(*args, cwd=None):
     (["export", "tiny_ats", "--stages", "2-9"], "bad --stages '2-9'"),
     (["export", "tiny_ats", "--checkpoint", "/nonexistent.pth"], "checkpoint '/nonexistent.pth' does not exist"),
     (["inspect", "/nonexistent.onnx"], "does not exist"),
+    (["export", "tiny_ats", "--opset", "99"], "--opset 99 is out of range; valid: 17.."),
+    (["export", "tiny_ats", "-o", "/tmp"], "-o '/tmp' is a folder"),
+    (["export", "tiny_dovit", "--mode", "trimmed"], "apply to ATS models"),
+    (["export", "tiny_dovit", "-o", "/tmp"], "-o '/tmp' is a folder"),
+    (["train-digits", "-o", "/tmp"], "-o '/tmp' is a folder"),
+    (["digits", "/etc/hostname"], "is a file; give a new folder path"),
+    (["digits", "out", "--size", "0"], "--size 0 is invalid"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
     proc = tscli(*args, cwd=tmp_path)

@@ -9,19 +9,21 @@ from tscli.models.ops import ats_sample_reference
 from tscli.models.sampling import ats_pick, slot_indices
 
 
-def _pick(scores, valid, k, scheme, dtype=torch.float32):
+def _pick(scores, valid, k, scheme, dtype=torch.float32, with_margin=True):
     s = torch.tensor([scores], dtype=dtype)
     v = torch.tensor([valid])
-    keep, margin = ats_pick(s, v, torch.zeros(k), scheme)
-    return torch.nonzero(keep[0]).flatten().tolist(), float(margin[0])
+    keep, margin = ats_pick(s, v, torch.zeros(k), scheme, with_margin=with_margin)
+    return torch.nonzero(keep[0]).flatten().tolist(), float(margin[0]) if margin is not None else None
 
 
+@pytest.mark.parametrize("with_margin", [True, False], ids=["reference", "exported"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_golden_vectors(golden_cases, dtype):
-    """All 82 cases, both schemes, exact kept sets (the exact-tie cases too, in float32)."""
+def test_golden_vectors(golden_cases, dtype, with_margin):
+    """All 82 cases, both schemes, exact kept sets (the exact-tie cases too, in float32), through
+    the reference path (nearest_picks) and the path the exported graph runs (sorted_picks)."""
     assert len(golden_cases) == 82
     wrong = [c["name"] + "/" + c["scheme"] for c in golden_cases
-             if _pick(c["scores"], c["valid"], c["K"], c["scheme"], dtype)[0] != c["kept"]]
+             if _pick(c["scores"], c["valid"], c["K"], c["scheme"], dtype, with_margin)[0] != c["kept"]]
     assert wrong == []
 
 

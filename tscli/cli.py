@@ -93,8 +93,8 @@ def export(
     from .export.onnx_export import ExportOptions, export_onnx
 
     if is_seg_model(model):
-        if max_k is not None or stages is not None or sampling != "paper" or form != "plain":
-            raise UsageError(f"--max-k/--stages/--sampling/--form apply to ATS models; {model!r} is a segmentation model "
+        if max_k is not None or stages is not None or sampling != "paper" or form != "plain" or mode != "padded":
+            raise UsageError(f"--max-k/--stages/--sampling/--form/--mode apply to ATS models; {model!r} is a segmentation model "
                              "(use --max-keep/--input-size/--xi)")
         return _export_seg(model, max_keep, input_size, xi, output, checkpoint, opset, seed, not no_validate)
     if max_keep is not None or input_size is not None or xi is not None:

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import UsageError
+
 
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
@@ -25,9 +27,23 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=str(path.parent))
     os.close(fd)
+    # mkstemp makes the file owner-only (0600); give it the mode a plain open() would (umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_file(path: str | Path, option: str = "-o") -> Path:
+    """Refuse an output path whose folder is missing or that is a folder, before any slow work."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UsageError(f"output folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise UsageError(f"{option} {str(path)!r} is a folder; give a file name inside it")
+    return path

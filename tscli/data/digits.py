@@ -49,6 +49,10 @@ def write_imagefolder(folder: str | Path, size: int = 32, val_fraction: float = 
     from PIL import Image
 
     folder = Path(folder)
+    if size < 1:
+        raise UsageError(f"--size {size} is invalid; give the image side in pixels (>= 1)")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{str(folder)!r} is a file; give a new folder path")
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"output folder {str(folder)!r} exists and is not empty; give a new path")
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -26,13 +26,13 @@ from ..errors import TscliError, UsageError
 from ..models.build import BuiltModel, build_from_metadata, build_model
 from ..models.dovit import PaddedExport, SegConfig, check_xi, parse_hw
 from ..models.registry import get_config
+from ..files import check_output_file
 from . import contract as C
 from .lint import LintReport
-from .onnx_export import optimize_graph, write_checked
+from .onnx_export import check_opset, optimize_graph, write_checked
 from .validate import LOGIT_ATOL, NEAR_TIE, ParityReport
 
 SEG_FAMILIES = ("dovit", "seg")
-MIN_OPSET = 17
 
 
 @dataclass
@@ -65,8 +65,7 @@ def resolve(opts: SegExportOptions) -> tuple[SegConfig, tuple[int, int], int | N
     cfg = get_config(opts.model)
     if cfg.family not in SEG_FAMILIES:
         raise UsageError(f"{opts.model!r} is {cfg.family}, not a segmentation model ({', '.join(SEG_FAMILIES)})")
-    if opts.opset < MIN_OPSET:
-        raise UsageError(f"--opset {opts.opset} is too old; need >= {MIN_OPSET} (LayerNormalization)")
+    check_opset(opts.opset)
     hw = parse_hw(opts.input_size, cfg.patch_size) if opts.input_size else tuple(cfg.img_hw)
     tokens = (hw[0] // cfg.patch_size) * (hw[1] // cfg.patch_size)
     if cfg.family == "seg":
@@ -129,9 +128,7 @@ def add_input_default(model: onnx.ModelProto, name: str, value: np.ndarray) -> N
 
 def export_seg(opts: SegExportOptions, progress: Callable[[str], None] = lambda msg: None) -> SegExportResult:
     cfg, hw, cap, xi = resolve(opts)
-    out = Path(opts.output or f"{cfg.name}.onnx")
-    if out.parent and not out.parent.exists():
-        raise UsageError(f"output folder {str(out.parent)!r} does not exist")
+    out = check_output_file(opts.output or f"{cfg.name}.onnx")
     progress(f"building {cfg.name} ({'checkpoint' if opts.checkpoint else 'random weights'}) at {hw[0]}x{hw[1]}")
     built = build_model(cfg, checkpoint=opts.checkpoint, seed=opts.seed)
     built.module.resize_input(hw)
@@ -283,6 +280,8 @@ def export_dense_baseline(meta: dict, path: str | Path, checkpoint: str | None =
         opts.seed = int(weights[len("random(seed="):-1])
     elif not checkpoint:
         raise UsageError("this file was exported from a checkpoint; pass it with --checkpoint (or give --baseline FILE)")
+    elif not Path(checkpoint).is_file():
+        raise UsageError(f"--checkpoint {checkpoint!r} does not exist")
     elif "sha256:" + file_sha256(checkpoint) != weights:
         raise UsageError(f"checkpoint {checkpoint!r} is not the one this file was exported from")
     else:

@@ -21,7 +21,7 @@ import torch
 
 from .. import __version__
 from ..errors import TscliError, UsageError
-from ..files import atomic_path
+from ..files import atomic_path, check_output_file
 from ..models.ats import ExportWrapper
 from ..models.build import BuiltModel, build_model
 from ..models.labels import label_names
@@ -76,8 +76,7 @@ def resolve_options(opts: ExportOptions):
         raise UsageError(f"unknown --mode {opts.mode!r}; valid: {', '.join(MODES)}")
     if opts.mode == "trimmed" and cfg.family != "ats":
         raise UsageError(f"--mode trimmed applies to ATS models; {opts.model!r} is {cfg.family}")
-    if opts.opset < MIN_OPSET:
-        raise UsageError(f"--opset {opts.opset} is too old; need >= {MIN_OPSET} (LayerNormalization)")
+    check_opset(opts.opset)
     cfg = get_config(opts.model, **overrides)
     max_k = opts.max_k
     if cfg.family == "ats":
@@ -87,6 +86,14 @@ def resolve_options(opts: ExportOptions):
     elif max_k is not None:
         raise UsageError(f"--max-k applies to ATS models; {cfg.name!r} is {cfg.family}")
     return cfg, max_k
+
+
+def check_opset(opset: int) -> None:
+    """Shared by every exporter: LayerNormalization needs 17; above what onnx knows nothing exports."""
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise UsageError(f"--opset {opset} is out of range; valid: {MIN_OPSET}..{newest} "
+                         "(17 is the first with LayerNormalization)")
 
 
 def metadata_for(built: BuiltModel, max_k: int | None, opts: ExportOptions) -> dict:
@@ -173,11 +180,7 @@ def write_checked(model: onnx.ModelProto, out: Path, validate: Callable[[str], o
 
 def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda msg: None) -> ExportResult:
     cfg, max_k = resolve_options(opts)
-    out = Path(opts.output or f"{cfg.name}.onnx")
-    if out.parent and not out.parent.exists():
-        raise UsageError(f"output folder {str(out.parent)!r} does not exist")
-    if out.is_dir():
-        raise UsageError(f"-o {str(out)!r} is a folder; give a file name such as {str(out / (cfg.name + '.onnx'))!r}")
+    out = check_output_file(opts.output or f"{cfg.name}.onnx")
     progress(f"building {cfg.name} ({'checkpoint' if opts.checkpoint else 'random weights'})")
     built = build_model(cfg, checkpoint=opts.checkpoint, seed=opts.seed)
     progress("tracing and converting to ONNX")

@@ -74,11 +74,9 @@ def train_digits(output: str | Path, epochs: int = 12, seed: int = 0, batch: int
     from .build import build_model
     from .registry import get_config
 
-    output = Path(output)
-    if output.parent and not output.parent.exists():
-        from ..errors import UsageError
+    from ..files import check_output_file
 
-        raise UsageError(f"output folder {str(output.parent)!r} does not exist")
+    output = check_output_file(output)
     start = time.perf_counter()
     tx, ty, vx, vy, np = _arrays(seed)
     torch.manual_seed(seed)
