@@ -3,11 +3,13 @@
 Written so that ``torch.onnx.export`` gives a static-shape graph made only of operators that
 TensorRT parses: no sort, no NonZero/Unique, no CumSum. The stable ascending sort is expressed
 as a pairwise "comes before" matrix, from which each token's sorted position (rank) and its CDF
-value (a MatMul) follow directly, in the tokens' own order. ``nearest_picks`` (the reference,
+value (a MatMul) follow directly, in the tokens' own order. ``nearest_picks`` (the literal rule,
 which also measures decision margins) then needs only exact float comparisons and a min over
-ranks; ``sorted_picks`` (what the exported graph runs) first moves the CDF to sorted order with
-a scatter, which makes the tie rule a plain min over positions: the same decisions, less work.
-No ArgMin/TopK either: TensorRT does not promise which of several equal minima they return.
+ranks. ``cell_picks`` (what the exported graph and the plugin core run) moves the CDF to sorted
+order with a scatter, where the points nearest to a position are those between the midpoints to
+its neighbours: one comparison of every point with every midpoint replaces distances, minima
+and tie-breaks. No ArgMin/TopK either: TensorRT does not promise which of several equal minima
+they return.
 
 The exported graph runs these at every ATS stage, so they are written to give few ONNX nodes:
 scalars instead of ``*_like`` tensors (each of those costs a Shape and an Expand), broadcasting
@@ -19,6 +21,7 @@ Every function here is also the reference for the plugin core in tscli/plugins (
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 SCHEMES = ("paper", "official")
@@ -120,26 +123,38 @@ def nearest_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor,
     return keep, margin
 
 
-def sorted_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor) -> Tensor:
-    """Keep mask [B, N]: the same decisions as ``nearest_picks``, with less [B, K, N] work.
+def cell_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor) -> Tensor:
+    """Keep mask [B, N]: the nearest-point rule of ``nearest_picks`` with O(N) [B, K, .] work.
 
-    The CDF values are first moved to sorted order (rank is a permutation of 0..N-1, invalid
-    tokens last), so "ties go to the lowest sorted position" becomes "the lowest position among
-    the exact minima" (no ArgMin: TensorRT does not promise its tie order). The picks are marked
-    in sorted order with a scatter (duplicates all write a value > 0) and read back per token.
-    This is what the exported graph runs at every stage; ``nearest_picks`` stays the reference
-    that also measures the decision margin.
+    In sorted order the CDF is non-decreasing, so the points nearest to sorted position r are
+    exactly those in its cell (mid(c[r-1], c[r]), mid(c[r], c[r+1])]: a point on a midpoint is
+    equally near both and goes to the lower position. A position is kept when its cell holds a
+    point, i.e. when the number of points at or below its upper bound grows from the previous
+    bound: one [B, K, N] comparison and one sum, instead of distances, minima and a tie-break.
+
+    Equal CDF values (a run) share one cell owned by the lowest position. Only one run can occur:
+    the valid tokens whose score is exactly 0, which sort first (CDF 0). Every positive S_(r+1)
+    is at least CDF_r / N (ascending order), far above CDF_r's rounding step for N < 2**24, so
+    it always raises the CDF. The points that land in the cells of that run's later positions
+    are therefore credited to position 0. Invalid tokens sit at 2 * _FAR, beyond every point.
+
+    Decisions equal ``nearest_picks`` except where a point is within float rounding of a midpoint
+    (a decision margin of about 1e-7): such near-ties may go either way (DESIGN.md section 2,
+    step 5). This is what the exported graph and the C++ core run.
     """
-    far = torch.where(valid, cdf, 2.0 * _FAR)  # invalid: never nearest
     order = rank.to(torch.int64)
-    # A permutation writes every position, so ``far`` itself can serve as the scatter's base.
-    cdf_sorted = far.scatter(-1, order, far)  # [B, N] in ascending score order
-    dist = (cdf_sorted.unsqueeze(-2) - points.unsqueeze(-1)).abs()  # [B, K, N]
-    dmin = dist.amin(dim=-1, keepdim=True)
-    position = torch.arange(cdf.shape[-1], dtype=cdf.dtype, device=cdf.device)  # exact below 2**24
-    nearest = torch.where(dist == dmin, position, _NO_RANK).amin(dim=-1).to(torch.int64)  # [B, K]
-    hit = (order * 0).scatter(-1, nearest, nearest + 1)  # > 0 at every picked sorted position
-    return (torch.gather(hit, -1, order) > 0) & valid
+    far = torch.where(valid, cdf, 2.0 * _FAR)
+    c = far.scatter(-1, order, far)  # [B, N] ascending; a permutation writes every position
+    # Upper cell bounds; the last one is above every point and every invalid value.
+    upper = F.pad((c[:, :-1] + c[:, 1:]) * 0.5, (0, 1), value=4.0 * _FAR)
+    below = (points.unsqueeze(-1) <= upper.unsqueeze(-2)).to(cdf.dtype).sum(dim=-2)  # [B, N]
+    in_cell = below - F.pad(below[:, :-1], (1, 0), value=0.0)  # points in each cell (exact counts)
+    repeat = c == F.pad(c[:, :-1], (1, 0), value=-_FAR)  # same CDF as the position before
+    run = torch.where(repeat, in_cell, 0.0).sum(dim=-1, keepdim=True)  # the zero run's later cells
+    first = (torch.arange(c.shape[-1], device=c.device) == 0).to(cdf.dtype)
+    owned = torch.where(repeat, 0.0, in_cell) + first * run
+    # Pads and the gather stay in float: TensorRT's Pad has no bool kernel.
+    return (torch.gather(owned, -1, order) > 0) & valid
 
 
 def ats_pick(scores: Tensor, valid: Tensor, num_points_like: Tensor, scheme: str = "paper",
@@ -147,16 +162,18 @@ def ats_pick(scores: Tensor, valid: Tensor, num_points_like: Tensor, scheme: str
     """Steps 2-6 of DESIGN.md section 2 for candidate tokens (CLS excluded).
 
     scores: raw s_j [B, N]; valid: [B, N] bool; num_points_like: any tensor of length K.
-    Returns (keep [B, N] bool, min decision margin [B]). Without ``with_margin`` the margin is
-    None and the cheaper ``sorted_picks`` decides (same decisions; the exported graph uses it).
+    Returns (keep [B, N] bool, min decision margin [B]). ``cell_picks`` decides (what the
+    exported graph runs); with ``with_margin`` the margin comes from ``nearest_picks``, the
+    literal rule, which measures how close each decision was. Without it the margin is None.
     K' = keep.sum(-1) <= min(K, valid count).
     """
     s = normalise_scores(scores, valid)
     rank, cdf = stable_order(s, valid)
     points, cdf_d = sample_points(num_points_like, cdf, valid, scheme)
+    keep = cell_picks(points, cdf_d, rank, valid)
     if not with_margin:
-        return sorted_picks(points, cdf_d, rank, valid), None
-    return nearest_picks(points, cdf_d, rank, valid)
+        return keep, None
+    return keep, nearest_picks(points, cdf_d, rank, valid)[1]
 
 
 def slot_indices(keep: Tensor, num_slots_like: Tensor) -> tuple[Tensor, Tensor]:

@@ -47,21 +47,24 @@ enum Scheme : int { kPaper = 0, kOfficial = 1 };
 constexpr float kFar = 4.0f;
 
 // Slots of the per-image statistics block at the end of the scratch buffer.
-enum Stat : int { kTotal = 0, kUniform = 1, kY0 = 2, kStep = 3, kNumStats = 4 };
+enum Stat : int { kTotal = 0, kUniform = 1, kY0 = 2, kStep = 3, kValid = 4, kNumStats = 5 };
 
 ATS_HD bool is_valid_scheme(int scheme) { return scheme == kPaper || scheme == kOfficial; }
 
-// Scratch layout: s[n] | cdf[n] | rank[n] | keep[n] | stats[kNumStats]. K does not need space
-// (points are computed on the fly) but stays in the signature so callers need not change if it
-// ever does.
-ATS_HD int ats_scratch_floats(int n, int /*k*/) { return 4 * n + kNumStats; }
+// Scratch layout: s[n] | cdf[n] | rank[n] | keep[n] | sorted[n] | cell[n] | stats[kNumStats].
+// K does not need space (points are computed on the fly) but stays in the signature so callers
+// need not change if it ever does.
+constexpr int kFloatsPerToken = 6;
+ATS_HD int ats_scratch_floats(int n, int /*k*/) { return kFloatsPerToken * n + kNumStats; }
 
 struct Scratch {
   float* s;      // normalised scores S_j
   float* cdf;    // CDF value of token j (then the axis value the points are compared with)
   float* rank;   // stable ascending rank of token j among valid tokens (exact small integers)
-  float* keep;   // 1 when some point picked token j
-  float* stats;  // kNumStats scalars
+  float* keep;    // 1 when some point picked token j
+  float* sorted;  // axis values in ascending (rank) order, valid tokens only
+  float* cell;    // per sorted position: points at or below its upper cell bound, then owned points
+  float* stats;   // kNumStats scalars
 };
 
 ATS_HD Scratch split_scratch(float* base, int n) {
@@ -70,7 +73,9 @@ ATS_HD Scratch split_scratch(float* base, int n) {
   w.cdf = base + n;
   w.rank = base + 2 * n;
   w.keep = base + 3 * n;
-  w.stats = base + 4 * n;
+  w.sorted = base + 4 * n;
+  w.cell = base + 5 * n;
+  w.stats = base + kFloatsPerToken * n;
   return w;
 }
 
@@ -122,6 +127,7 @@ ATS_HD void stage_total(const float* scores, const uint8_t* valid, int n, float*
   }
   stats[kTotal] = static_cast<float>(total);
   stats[kUniform] = div_rn(1.0f, static_cast<float>(n_valid > 0 ? n_valid : 1));
+  stats[kValid] = static_cast<float>(n_valid);
 }
 
 // ---- stage 2 (strided over tokens): S_j; uniform over valid tokens when all scores are zero ---
@@ -190,38 +196,86 @@ ATS_HD float sample_point(int i, int k, int scheme, const float* stats) {
   return div_rn(static_cast<float>(2 * i + 1), static_cast<float>(2 * k));
 }
 
-// ---- stage 5 (strided over points): nearest valid token per point -----------------------------
-// Lowest distance wins, exact ties go to the lowest rank. Marks keep[] (concurrent writers store
-// the same 1.0f, so races are benign) and returns this caller's smallest decision margin: the
-// gap between the winner's distance and the nearest other distance (invalid tokens count as
-// kFar, as in the reference). kFar + kFar is returned when the caller had no point.
-ATS_HD float stage_pick(const float* axis, const float* rank, const uint8_t* valid, int n, int k, int scheme,
-                        const float* stats, float* keep, int first, int stride) {
+// ---- stage 5 (strided over tokens): the axis values in sorted order -----------------------------
+// rank is a permutation of 0..n_valid-1 over the valid tokens, so every slot is written once.
+ATS_HD void stage_sort(const float* axis, const float* rank, const uint8_t* valid, int n, float* sorted,
+                       int first, int stride) {
+  for (int j = first; j < n; j += stride) {
+    if (valid[j]) sorted[static_cast<int>(rank[j])] = axis[j];
+  }
+}
+
+// ---- stage 6 (strided over sorted positions): cells --------------------------------------------
+// The points nearest to sorted position r are those in its cell (mid(c[r-1], c[r]), mid(c[r],
+// c[r+1])]; a point on a midpoint is equally near both and goes to the lower position, as the
+// rule says. cell[r] = number of points at or below the upper bound (all K for the last one).
+// Same float operations as tscli.models.sampling.cell_picks.
+ATS_HD void stage_cells(const float* sorted, int k, int scheme, const float* stats, float* cell, int first,
+                        int stride) {
+  const int n_valid = static_cast<int>(stats[kValid]);
+  for (int r = first; r < n_valid; r += stride) {
+    int below = k;
+    if (r + 1 < n_valid) {
+      const float upper = mul_rn(add_rn(sorted[r], sorted[r + 1]), 0.5f);
+      below = 0;
+      for (int p = 0; p < k; ++p) below += sample_point(p, k, scheme, stats) <= upper ? 1 : 0;
+    }
+    cell[r] = static_cast<float>(below);
+  }
+}
+
+// ---- stage 7 (SINGLE): points owned by each sorted position ------------------------------------
+// Points inside a cell = difference of consecutive counts. Equal axis values share one cell,
+// owned by the lowest position: the only such run is the valid tokens with score 0, which sort
+// first (every positive score raises the CDF; see cell_picks), so their points go to position 0.
+ATS_HD void stage_owned(const float* sorted, const float* stats, float* cell) {
+  const int n_valid = static_cast<int>(stats[kValid]);
+  float run = 0.0f;
+  for (int r = n_valid - 1; r >= 1; --r) {
+    const float inside = cell[r] - cell[r - 1];  // exact: small integers
+    const bool repeat = sorted[r] == sorted[r - 1];
+    cell[r] = repeat ? 0.0f : inside;
+    run += repeat ? inside : 0.0f;
+  }
+  if (n_valid > 0) cell[0] += run;
+}
+
+// ---- stage 8 (strided over tokens): keep flags --------------------------------------------------
+ATS_HD void stage_keep(const float* rank, const uint8_t* valid, int n, const float* cell, float* keep, int first,
+                       int stride) {
+  for (int j = first; j < n; j += stride) {
+    keep[j] = valid[j] && cell[static_cast<int>(rank[j])] > 0.0f ? 1.0f : 0.0f;
+  }
+}
+
+// ---- optional (strided over points): decision margin --------------------------------------------
+// The literal rule's view of how close each point's decision was: the gap between the nearest
+// and the second-nearest distance (invalid tokens count as kFar, as in the reference's
+// nearest_picks). kFar + kFar is returned when the caller had no point. Only for diagnostics:
+// the decisions above do not use it.
+ATS_HD float stage_margin(const float* axis, const uint8_t* valid, int n, int k, int scheme, const float* stats,
+                          int first, int stride) {
   float margin = kFar + kFar;
   for (int p = first; p < k; p += stride) {
     const float point = sample_point(p, k, scheme, stats);
-    int best = -1;
-    float best_d = kFar, best_rank = 0.0f, second = kFar;
+    float best = kFar, second = kFar;
     for (int j = 0; j < n; ++j) {
-      if (!valid[j]) continue;  // contributes kFar to `second`, already its floor
+      if (!valid[j]) continue;
       const float d = abs_f(sub_rn(axis[j], point));
-      if (best < 0 || d < best_d || (d == best_d && rank[j] < best_rank)) {
-        if (best >= 0) second = best_d < second ? best_d : second;
-        best = j;
-        best_d = d;
-        best_rank = rank[j];
-      } else {
-        second = d < second ? d : second;
+      if (d < best) {
+        second = best;
+        best = d;
+      } else if (d < second) {
+        second = d;
       }
     }
-    if (best >= 0) keep[best] = 1.0f;
-    const float gap = sub_rn(second, best_d);
+    const float gap = sub_rn(second, best);
     margin = gap < margin ? gap : margin;
   }
   return margin;
 }
 
-// ---- stage 6 (SINGLE): slot layout ------------------------------------------------------------
+// ---- stage 9 (SINGLE): slot layout ------------------------------------------------------------
 // Slot 0 = CLS (index 0, mask 1); slots 1..K' = kept candidates in ascending position order
 // (index = position + 1, since position 0 of the block input is CLS); the rest index 0, mask 0.
 ATS_HD void stage_slots(const float* keep, int n, int k, int32_t* index, uint8_t* mask) {
@@ -242,17 +296,21 @@ ATS_HD void stage_slots(const float* keep, int n, int k, int32_t* index, uint8_t
 }
 
 // Serial driver: the whole picking for one image. index/mask hold k + 1 entries. Returns the
-// smallest decision margin (0 when the image has no valid token, like the reference).
+// smallest decision margin when `with_margin` (0 when the image has no valid token, like the
+// reference), else 0.
 ATS_HD float ats_sample_one(const float* scores, const uint8_t* valid, int n, int k, int scheme,
-                            float* scratch, int32_t* index, uint8_t* mask) {
+                            float* scratch, int32_t* index, uint8_t* mask, bool with_margin) {
   Scratch w = split_scratch(scratch, n);
   stage_total(scores, valid, n, w.stats);
   stage_normalise(scores, valid, n, w.stats, w.s, w.keep, 0, 1);
   stage_order(w.s, valid, n, w.rank, w.cdf, 0, 1);
   stage_axis(valid, n, k, scheme, w.cdf, w.stats);
-  const float margin = stage_pick(w.cdf, w.rank, valid, n, k, scheme, w.stats, w.keep, 0, 1);
+  stage_sort(w.cdf, w.rank, valid, n, w.sorted, 0, 1);
+  stage_cells(w.sorted, k, scheme, w.stats, w.cell, 0, 1);
+  stage_owned(w.sorted, w.stats, w.cell);
+  stage_keep(w.rank, valid, n, w.cell, w.keep, 0, 1);
   stage_slots(w.keep, n, k, index, mask);
-  return margin;
+  return with_margin ? stage_margin(w.cdf, valid, n, k, scheme, w.stats, 0, 1) : 0.0f;
 }
 
 }  // namespace ats

@@ -10,7 +10,7 @@
 extern "C" {
 
 // Bumped whenever a signature below changes, so a stale cached library is never called.
-int tscli_ats_abi_version(void) { return 1; }
+int tscli_ats_abi_version(void) { return 2; }
 
 // Error codes (also decoded in core.py).
 enum { kOk = 0, kBadShape = 1, kBadScheme = 2, kNoMemory = 3 };
@@ -30,7 +30,7 @@ int tscli_ats_sample_batch(const float* scores, const uint8_t* valid, int64_t ba
   for (int64_t b = 0; b < batch; ++b) {
     const float m = tscli::ats::ats_sample_one(scores + b * n, valid + b * n, static_cast<int>(n),
                                                static_cast<int>(k), scheme, scratch.data(),
-                                               index + b * (k + 1), mask + b * (k + 1));
+                                               index + b * (k + 1), mask + b * (k + 1), margin != nullptr);
     if (margin != nullptr) margin[b] = m;
   }
   return kOk;

@@ -46,10 +46,21 @@ __global__ void __launch_bounds__(kSampleThreads)
   __syncthreads();
   if (tid == 0) stage_axis(valid_s, n, k, scheme, w.cdf, w.stats);
   __syncthreads();
-  reduce[tid] = stage_pick(w.cdf, w.rank, valid_s, n, k, scheme, w.stats, w.keep, tid, nt);
+  stage_sort(w.cdf, w.rank, valid_s, n, w.sorted, tid, nt);
   __syncthreads();
-  for (int half = nt / 2; half > 0; half /= 2) {  // min is exact: the order does not matter
-    if (tid < half && reduce[tid + half] < reduce[tid]) reduce[tid] = reduce[tid + half];
+  stage_cells(w.sorted, k, scheme, w.stats, w.cell, tid, nt);
+  __syncthreads();
+  if (tid == 0) stage_owned(w.sorted, w.stats, w.cell);
+  __syncthreads();
+  stage_keep(w.rank, valid_s, n, w.cell, w.keep, tid, nt);
+  if (margin != nullptr) {  // the same branch for every thread of the block
+    reduce[tid] = stage_margin(w.cdf, valid_s, n, k, scheme, w.stats, tid, nt);
+    __syncthreads();
+    for (int half = nt / 2; half > 0; half /= 2) {  // min is exact: the order does not matter
+      if (tid < half && reduce[tid + half] < reduce[tid]) reduce[tid] = reduce[tid + half];
+      __syncthreads();
+    }
+  } else {
     __syncthreads();
   }
   if (tid == 0) {
@@ -79,9 +90,9 @@ __global__ void token_gather_kernel(const T* __restrict__ x, const int32_t* __re
 size_t sample_shared_bytes(int n, int k) { return shared_floats(n, k) * sizeof(float) + static_cast<size_t>(n); }
 
 int sample_max_tokens() {
-  // 4 floats + 1 byte per token, plus the fixed part.
+  // kFloatsPerToken floats + 1 byte per token, plus the fixed part.
   const size_t fixed = sample_shared_bytes(0, 1);
-  return static_cast<int>((kDefaultSharedLimit - fixed) / (4 * sizeof(float) + 1));
+  return static_cast<int>((kDefaultSharedLimit - fixed) / (kFloatsPerToken * sizeof(float) + 1));
 }
 
 cudaError_t launch_ats_sample(const void* scores, ElemType score_type, const uint8_t* valid, int batch, int n,
