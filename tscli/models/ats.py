@@ -2,13 +2,14 @@
 
 Tokens travel between blocks as a TokenState: the tokens, a validity mask over the slots and the
 original position of each slot (CLS = 0, patch p = p + 1). Before the first ATS stage all slots
-are valid; each ATS stage emits K + 1 slots (CLS, K' kept tokens in ascending original order,
+are valid; the first stage gathers K + 1 slots (CLS, K' kept tokens in ascending original order,
 then padding with mask 0). Padding copies the CLS token, so it stays finite, and it is excluded
 exactly (an additive -inf key bias), so it never changes a valid output.
 
-Two executions: ``padded`` keeps K + 1 slots (static shapes, what TensorRT needs); ``trimmed``
-cuts the slots to the batch maximum of K' + 1 after each stage (the released code's
-drop_tokens). They give the same logits.
+Two executions: ``padded`` keeps those K + 1 slots (static shapes, what TensorRT needs); its
+later stages only narrow the mask (``mask_stage``). ``trimmed`` gathers again at every stage and
+cuts the slots to the batch maximum of K' + 1 (the released code's drop_tokens). They give the
+same logits and keep the same token sets.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.tscli.ats_sample)
 from .sampling import ats_pick, slot_indices
-
-EXECUTIONS = ("padded", "trimmed")
-
 
 @dataclass
 class TokenState:
@@ -110,11 +108,28 @@ class TokenSamplingBlock(Block):
         return TokenState(self.finish(state.x, o), state.mask, state.positions)
 
     def sample_stage(self, state: TokenState, k_like: Tensor, records: list | None) -> TokenState:
+        """The ATS stage: a gathering stage when the slots change, a masking stage otherwise."""
+        if state.mask is None or self.execution == "trimmed":
+            return self.gather_stage(state, k_like, records)
+        return self.mask_stage(state, k_like, records)
+
+    def pick(self, scores: Tensor, valid: Tensor, k_like: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """-> (slot index [B, K+1] into the block input, slot mask [B, K+1], margin or None)."""
+        if self.use_custom_op:
+            index, slot_mask = torch.ops.tscli.ats_sample(scores, valid, k_like, self.scheme)
+            return index.long(), slot_mask, None
+        # the same functions the op runs, without its int32 plugin contract
+        keep, margin = ats_pick(scores, valid, k_like, self.scheme, with_margin=self.record_margin)
+        index, slot_mask = slot_indices(keep, k_like)
+        return index, slot_mask, margin
+
+    def gather_stage(self, state: TokenState, k_like: Tensor, records: list | None) -> TokenState:
         """Score, pick, then compute attention rows / proj / MLP only for the K + 1 output slots.
 
-        Written for the exported graph's speed: q rows (in the head layout) and input rows are
-        taken with one flat Gather each (not GatherElements over an expanded index), ||v_j|| is
-        reduced in the token layout, and only the CLS query row is computed for scoring.
+        The first stage (all tokens in, K + 1 slots out) and every trimmed stage. Only the CLS
+        query row is computed for scoring; q rows (in the head layout) and input rows are then
+        taken with one flat Gather each (not GatherElements over an expanded index), and ||v_j||
+        is reduced in the token layout (one reduction; in the head layout it took two).
         """
         attn, (b, t, d) = self.attn, state.x.shape
         heads = attn.num_heads
@@ -128,32 +143,52 @@ class TokenSamplingBlock(Block):
         if bias is not None:
             cls_row = cls_row + bias
         cls_attn = cls_row.softmax(dim=-1).sum(dim=1)[:, 0, 1:]  # [B, T-1]
-        # ||v_j|| over all heads, reduced in the token layout where each token's D values are
-        # contiguous (one reduction; in the head layout it took two, measured ~1 % slower at batch 8).
-        v_norm = torch.linalg.vector_norm(v_t, dim=(-2, -1))  # [B, T]
-        scores = cls_attn * v_norm[:, 1:]
+        scores = cls_attn * torch.linalg.vector_norm(v_t, dim=(-2, -1))[:, 1:]
         # Before the first stage every token is valid; scores are finite, so this is all-true
         # (one node, where a ones tensor of a symbolic shape costs three).
         valid = state.mask[:, 1:] if state.mask is not None else scores == scores
-        if self.use_custom_op:
-            index, slot_mask = torch.ops.tscli.ats_sample(scores, valid, k_like, self.scheme)
-            margin = None
-            index = index.long()
-        else:  # the same functions the op runs, without its int32 plugin contract; the margin
-            # path (reference runs) decides identically, so one call serves both
-            keep, margin = ats_pick(scores, valid, k_like, self.scheme, with_margin=self.record_margin)
-            index, slot_mask = slot_indices(keep, k_like)
+        index, slot_mask, margin = self.pick(scores, valid, k_like)
         positions = index if state.positions is None else torch.gather(state.positions, 1, index)
         if records is not None:
-            records.append(
-                StageRecord(slot_mask.sum(dim=1), torch.where(slot_mask, positions, -1), margin)
-            )
+            records.append(StageRecord(slot_mask.sum(dim=1), torch.where(slot_mask, positions, -1), margin))
         if self.execution == "trimmed":  # cut before the row work: trimmed pays only for the kept rows
             width = int(slot_mask.sum(dim=1).max())
             index, slot_mask, positions = index[:, :width], slot_mask[:, :width], positions[:, :width]
         o = attend(gather_heads(attn.q_norm(q), index), k, v, attn.scale, bias)
         x = self.finish(gather_tokens(state.x, index), o)
         return TokenState(x, slot_mask, positions)
+
+    def mask_stage(self, state: TokenState, k_like: Tensor, records: list | None) -> TokenState:
+        """A padded stage after the first: K + 1 slots in, the same K + 1 slots out.
+
+        The block runs on every slot, like a plain block with a key mask, and the stage only
+        narrows the mask: the rows of dropped tokens are computed but never read again (their
+        keys are masked from here on, and each row depends only on its own input row). This costs
+        the same rows as gathering the K' + 1 kept ones into K + 1 slots, but needs no gathers,
+        and the CLS attention row for scoring comes out of the full attention instead of being
+        computed a second time. Kept tokens stay in their slots, so a stage's valid slots are
+        not contiguous; the kept sets are those of the gathering form.
+        """
+        attn, (b, t, d) = self.attn, state.x.shape
+        heads = attn.num_heads
+        qkv = attn.qkv(self.norm1(state.x)).reshape(b, t, 3, heads, d // heads)
+        v_norm = torch.linalg.vector_norm(qkv[:, :, 2], dim=(-2, -1))  # [B, T], token layout
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # as the plain block
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        a = (torch.matmul(q * attn.scale, k.transpose(-2, -1)) + key_bias(state.mask, q.dtype)).softmax(dim=-1)
+        # Masked keys get exactly zero weight, so dropped tokens score exactly 0.
+        scores = a[:, :, 0, 1:].sum(dim=1) * v_norm[:, 1:]
+        if self.use_custom_op:  # the plugin's slot index, turned into a mask over these slots;
+            # its padding points at CLS, which is always kept: every write stores the same value
+            index, _ = torch.ops.tscli.ats_sample(scores, state.mask[:, 1:], k_like, self.scheme)
+            mask, margin = state.mask.to(a.dtype).mul(0.0).scatter(1, index.long(), 1.0) > 0, None
+        else:
+            keep, margin = ats_pick(scores, state.mask[:, 1:], k_like, self.scheme, with_margin=self.record_margin)
+            mask = torch.cat([state.mask[:, :1], keep], dim=1)
+        if records is not None:
+            records.append(StageRecord(mask.sum(dim=1), torch.where(mask, state.positions, -1), margin))
+        x = self.finish(state.x, torch.matmul(a, v))
+        return TokenState(x, mask, state.positions)
 
 
 class ATSVisionTransformer(VisionTransformer):
