@@ -26,6 +26,7 @@ def tscli(*args, cwd=None):
     (["export", "tiny_dovit", "--mode", "trimmed"], "apply to ATS models"),
     (["export", "tiny_dovit", "-o", "/tmp"], "-o '/tmp' is a folder"),
     (["train-digits", "-o", "/tmp"], "-o '/tmp' is a folder"),
+    (["train-digits", "-o", "w.pth"], "--output 'w.pth' must end in .safetensors"),
     (["digits", "/etc/hostname"], "is a file; give a new folder path"),
     (["digits", "out", "--size", "0"], "--size 0 is invalid"),
 ])

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from tscli.errors import InputError, UsageError
-from tscli.models.ops import SCHEME_CODES, ats_sample_reference
+from tscli.models.ops import ats_sample_reference
 from tscli.models.sampling import SCHEMES, ats_pick, slot_indices
 from tscli.plugins.core import (
+    SCHEME_CODES,
     ats_sample_cpu,
     ats_sample_cpu_with_margin,
     build_cpu_library,

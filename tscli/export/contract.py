@@ -23,6 +23,10 @@ OUTPUT_SEG = "seg_logits"  # float32 [B, classes, H, W]
 OUTPUT_KEEP_MASKS = "kept_masks"  # bool [B, decisions, patches]: which patch tokens are still active
 OUTPUT_SATURATED = "saturated"  # bool [B]: the capacity cut tokens that wanted to continue
 
+# ATS sampling schemes (DESIGN.md section 2, step 4). The position is the scheme's code in the
+# plugin's int attribute and in ats_sampling_core.h's enum.
+SCHEMES = ("paper", "official")
+
 PLUGIN_DOMAIN = "tscli"
 SAMPLE_OP = "ATSSample"
 PLUGIN_VERSION = "1"

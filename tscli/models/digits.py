@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..files import atomic_path
+from ..errors import UsageError
+from ..files import atomic_path, check_output_file
 from .registry import ViTConfig, register
 
 
@@ -68,15 +69,16 @@ def train_digits(output: str | Path, epochs: int = 12, seed: int = 0, batch: int
                  progress: Callable[[str], None] = lambda m: None) -> TrainResult:
     """Train digits_ats with K drawn from 8..max_k per batch (AdamW, one-cycle schedule, small
     batches: ~25 s on 2 CPU cores); save a safetensors state_dict (temp file + rename)."""
+    output = check_output_file(output)
+    if output.suffix != ".safetensors":  # checkpoints.py picks the loader by the suffix
+        raise UsageError(f"--output {str(output)!r} must end in .safetensors (the format written)")
+
     import torch
     from safetensors.torch import save_file
 
     from .build import build_model
     from .registry import get_config
 
-    from ..files import check_output_file
-
-    output = check_output_file(output)
     start = time.perf_counter()
     tx, ty, vx, vy, np = _arrays(seed)
     torch.manual_seed(seed)

@@ -322,33 +322,3 @@ def _build(cfg: SegConfig) -> SegViT:
 
 register_builder("dovit")(_build)
 register_builder("seg")(_build)
-
-
-@torch.no_grad()
-def calibrate_aux_heads(model: SegViT, images: Tensor, xi: float, stop_fraction: float, iters: int = 40) -> list[float]:
-    """Make tokens stop on random weights: scale each aux head (weights and bias) so that, on
-    ``images`` and with the earlier heads already scaled, about ``stop_fraction`` of the still-
-    active tokens have q > xi at that decision. A scaled head is sharper (q grows with the scale),
-    and q still depends on the image, so confident regions follow image content. Returns the
-    scales. For benchmarks/demos only: a trained model needs no such thing."""
-    scales = []
-    for d in range(len(model.decisions)):
-        head = model.aux_heads[d]
-        w0, b0 = head.weight.clone(), head.bias.clone()
-
-        def stopped(scale: float) -> float:
-            head.weight.copy_(w0 * scale)
-            head.bias.copy_(b0 * scale)
-            o = model.forward_reference(images, xi)
-            before = o.kept_masks[:, d - 1].sum() if d else o.kept_masks[:, 0].numel()
-            return 1.0 - float(o.kept_masks[:, d].sum()) / max(float(before), 1.0)
-
-        lo, hi = 0.0, 1.0
-        while stopped(hi) < stop_fraction and hi < 1e6:
-            lo, hi = hi, hi * 4
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if stopped(mid) < stop_fraction else (lo, mid)
-        stopped(hi)
-        scales.append(hi)
-    return scales

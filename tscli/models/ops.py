@@ -18,9 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .sampling import SCHEMES, ats_pick, slot_indices
-
-SCHEME_CODES = {name: code for code, name in enumerate(SCHEMES)}
+from .sampling import ats_pick, slot_indices
 
 
 def ats_sample_reference(scores: Tensor, valid: Tensor, k_like: Tensor, scheme: str) -> tuple[Tensor, Tensor]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SCHEMES = ("paper", "official")
+from ..export.contract import SCHEMES  # noqa: F401  (re-exported: the models' callers use it from here)
 
 # Distances live in [0, 1]; anything above is "no candidate here".
 _FAR = 4.0

@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from tscli.errors import InputError, MissingDependency, TscliError, UsageError
+from tscli.export.contract import SCHEMES
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = ("ats_sampling_core.h", "ats_sampling_cpu.cpp")
 # -ffp-contract=off: a fused multiply-add rounds once where the reference rounds twice.
 CXXFLAGS = ("-O2", "-shared", "-fPIC", "-std=c++17", "-ffp-contract=off")
 ABI_VERSION = 2
-# Must match tscli.models.ops.SCHEME_CODES and the enum in ats_sampling_core.h.
-SCHEME_CODES = {"paper": 0, "official": 1}
+# The enum in ats_sampling_core.h uses the same codes.
+SCHEME_CODES = {name: code for code, name in enumerate(SCHEMES)}
 _ERRORS = {1: "bad shape (need K >= 1, N >= 0)", 2: "unknown scheme code", 3: "out of memory"}
 
 _lock = threading.Lock()

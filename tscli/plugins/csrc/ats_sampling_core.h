@@ -40,7 +40,7 @@
 namespace tscli {
 namespace ats {
 
-// Must match tscli.models.ops.SCHEME_CODES (position in tscli.models.sampling.SCHEMES).
+// Must match tscli.export.contract.SCHEMES (the code is the position there).
 enum Scheme : int { kPaper = 0, kOfficial = 1 };
 
 // Distances live in [0, 1]; kFar means "no candidate" (same constant as the reference's _FAR).
