@@ -63,6 +63,11 @@ def test_choose_by_max_drop_and_budget():
     assert choose(TABLE, None, 1.0)[0] == 48  # 0.895 >= 0.90 - 0.01; 0.88 is not
     assert choose(TABLE, None, 2.0)[0] == 32
     assert choose(TABLE, None, None)[0] == 48  # default: 1 point
+    # measured from the file's max_k when given, not from the largest K of the grid
+    assert choose(TABLE, None, 1.0, {"k": 120, "accuracy": 0.905})[0] == 48
+    assert choose(TABLE, None, 0.6, {"k": 120, "accuracy": 0.905})[0] == 64  # 0.895 < 0.899
+    with pytest.raises(UsageError, match=r"no K in the grid stays within --max-drop 1 points of K=120 \(0.9500\)"):
+        choose(TABLE, None, 1.0, {"k": 120, "accuracy": 0.95})
     assert choose(TABLE, 7.0, None)[0] == 32  # most accurate within 7 ms
     assert choose(TABLE, 100.0, None)[0] == 64
     with pytest.raises(UsageError, match=r"no K meets --budget-ms 3.*K=16, takes 4.00 ms"):

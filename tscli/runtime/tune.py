@@ -104,8 +104,12 @@ def check_objective(budget_ms: float | None, max_drop: float | None) -> None:
         raise UsageError(f"--max-drop {max_drop} must be >= 0 (percentage points of accuracy)")
 
 
-def choose(table: list[dict], budget_ms: float | None, max_drop: float | None) -> tuple[int, dict]:
-    """Pick K from the measured table (rows with k, median_ms, accuracy). Pure logic, tested."""
+def choose(table: list[dict], budget_ms: float | None, max_drop: float | None,
+           reference: dict | None = None) -> tuple[int, dict]:
+    """Pick K from the measured table (rows with k, median_ms, accuracy). Pure logic, tested.
+
+    ``reference`` ({"k", "accuracy"}): what --max-drop is measured from, the file's max_k;
+    without it, the table's largest K."""
     check_objective(budget_ms, max_drop)
     if budget_ms is not None:
         fits = [r for r in table if r["median_ms"] <= budget_ms]
@@ -116,15 +120,21 @@ def choose(table: list[dict], budget_ms: float | None, max_drop: float | None) -
         best = max(fits, key=lambda r: (r["accuracy"], -r["median_ms"]))
         return int(best["k"]), {"budget_ms": budget_ms}
     drop = 1.0 if max_drop is None else max_drop
-    top = max(table, key=lambda r: r["k"])
+    top = reference or max(table, key=lambda r: r["k"])
     ok = [r for r in table if r["accuracy"] >= top["accuracy"] - drop / 100.0 - 1e-12]
+    if not ok:  # only possible when max_k is not in the grid
+        best = max(table, key=lambda r: r["accuracy"])
+        raise UsageError(f"no K in the grid stays within --max-drop {drop:g} points of K={top['k']} "
+                         f"({top['accuracy']:.4f}); the most accurate, K={best['k']}, reaches {best['accuracy']:.4f}: "
+                         "add larger K to --k-grid or allow a larger drop")
     best = min(ok, key=lambda r: (r["median_ms"], -r["accuracy"]))
     return int(best["k"]), {"max_drop_points": drop, "reference_k": int(top["k"]), "reference_accuracy": top["accuracy"]}
 
 
 def measure(path: str | Path, data: str | Path, labels: str = "auto", k_grid: list[int] | None = None, batch: int = 1,
             threads: int | None = None, runs: int = 10, warmup: int = 2, limit: int | None = None,
-            progress: Callable[[str], None] = lambda m: None) -> tuple[dict, OrtBackend, list[dict], str, int]:
+            progress: Callable[[str], None] = lambda m: None) -> tuple[dict, OrtBackend, list[dict], dict, str, int]:
+    """-> (metadata, session, table, reference {"k": max_k, "accuracy"}, accuracy kind, images)."""
     backend = OrtBackend(path, threads=threads)
     meta = C.decode_metadata(backend.metadata_props)
     if meta.get("family") != "ats" or not meta.get("max_k"):
@@ -140,9 +150,10 @@ def measure(path: str | Path, data: str | Path, labels: str = "auto", k_grid: li
     x, y, kind = load_data(data, labels, meta, limit)
     if len(x) < batch:
         raise InputError(f"{len(x)} images under {str(data)!r}, fewer than --batch {batch}")
-    progress(f"accuracy at {len(ks)} K values on {len(x)} images")
+    progress(f"accuracy at {len(set(ks) | {max_k})} K values on {len(x)} images")
+    # max_k is always measured: it is the reference of --max-drop, and of agreement without labels.
     preds = {k: _predict(backend, x, k) for k in sorted(set(ks) | {max_k}, reverse=True)}
-    reference = y if y is not None else preds[max_k][0]
+    truth = y if y is not None else preds[max_k][0]
     times = _latency(backend, x[:batch], ks, runs, warmup, progress)
     arch = F.arch_from_meta(meta)
     table = []
@@ -150,8 +161,9 @@ def measure(path: str | Path, data: str | Path, labels: str = "auto", k_grid: li
         top1, counts = preds[k]
         gflops = (F.trimmed_flops(arch, counts) if meta.get("mode") == "trimmed" else F.padded_flops(arch, k)) / 1e9
         table.append({"k": k, "median_ms": float(np.median(times[k])), "p90_ms": float(np.percentile(times[k], 90)),
-                      "accuracy": float(np.mean(top1 == reference)), "gflops": gflops})
-    return meta, backend, table, kind, len(x)
+                      "accuracy": float(np.mean(top1 == truth)), "gflops": gflops})
+    reference = {"k": max_k, "accuracy": float(np.mean(preds[max_k][0] == truth))}
+    return meta, backend, table, reference, kind, len(x)
 
 
 def markdown(report: dict) -> str:
@@ -207,8 +219,9 @@ def tune(path: str | Path, data: str | Path, labels: str = "auto", budget_ms: fl
     store = Path(output) if output else P.default_store(path)
     if not store.parent.is_dir():
         raise UsageError(f"output folder {str(store.parent)!r} does not exist")
-    meta, backend, table, kind, n = measure(path, data, labels, k_grid, batch, threads, runs, warmup, limit, progress)
-    chosen, objective = choose(table, budget_ms, max_drop)  # raises before anything is written
+    meta, backend, table, reference, kind, n = measure(path, data, labels, k_grid, batch, threads, runs, warmup,
+                                                       limit, progress)
+    chosen, objective = choose(table, budget_ms, max_drop, reference)  # raises before anything is written
     fp = P.fingerprint("ort", backend.provider)
     profile = {"fingerprint": fp, "model": P.model_identity(meta), "chosen_k": chosen, "batch": batch,
                "objective": objective, "accuracy_kind": kind, "table": table,
