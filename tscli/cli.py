@@ -190,6 +190,7 @@ def run(
     backend: str = typer.Option("ort", "--backend", help="ort | trt (FILE is an engine) | ort-cuda | ort-trt."),
     xi: Optional[float] = typer.Option(None, "--xi", help="DoViT threshold 0..1 (default: the file's export value)."),
     out_dir: Path = typer.Option(Path("seg_out"), "--out-dir", help="Segmentation: where class maps and overlays go."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="trt: libtscli_plugins.so for an engine with plugins (default: $TSCLI_PLUGIN_PATH, else the library the engine was built with)."),
 ):
     """Run images through an exported model: predictions and kept tokens per stage."""
     from .data.samples import images_in
@@ -198,7 +199,9 @@ def run(
     files: list[Path] = []
     for item in images:
         files.extend(images_in(item) if item.is_dir() else [item])
-    runner = load(file, k=_parse_k(k), backend=backend, threads=threads, xi=xi, profiles=profiles)
+    if plugins is not None and backend != "trt":
+        raise UsageError(f"--plugins applies to the trt backend; --backend is {backend!r}")
+    runner = load(file, k=_parse_k(k), backend=backend, threads=threads, xi=xi, profiles=profiles, plugins=plugins)
     if runner.meta.get("family") in ("dovit", "seg"):
         return _run_seg(runner, files, out_dir, as_json)
     preds = runner.predict([str(f) for f in files], topk=topk)

@@ -119,10 +119,12 @@ class Runner:
 
 
 def load(path: str | Path, k: int | str | None = None, backend: str = "ort", threads: int | None = None,
-         xi: float | None = None, profiles: str | Path | None = None) -> Runner:
+         xi: float | None = None, profiles: str | Path | None = None, plugins: str | Path | None = None) -> Runner:
     """Open an exported model. k=None means max_k; k="auto" takes K from the device profile that
     matches this device (runtime/profiles.py; ``profiles`` = the store, default next to the
-    model); xi=None means the file's default (DoViT). backend: one of BACKENDS."""
+    model); xi=None means the file's default (DoViT). backend: one of BACKENDS. ``plugins``: the
+    TensorRT plugin library for an engine built from a plugin-form file (default: the one the
+    engine's manifest records, then $TSCLI_PLUGIN_PATH)."""
     if isinstance(k, str) and k != "auto":
         raise UsageError(f"K={k!r} is invalid; give an integer or 'auto'")
     if backend == "ort":
@@ -148,6 +150,6 @@ def load(path: str | Path, k: int | str | None = None, backend: str = "ort", thr
     if backend in BACKENDS:
         from .gpu import open_gpu_backend
 
-        gpu = open_gpu_backend(path, backend, k=k, threads=threads)
+        gpu = open_gpu_backend(path, backend, k=k, threads=threads, plugins=str(plugins) if plugins else None)
         return Runner(gpu, getattr(gpu, "k", k), xi)
     raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
