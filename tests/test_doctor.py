@@ -28,6 +28,7 @@ def test_probe_reports_fallback_as_not_running():
     assert ok, detail
     ok, detail = D.probe_provider(ort, "CUDAExecutionProvider")  # CPU-only onnxruntime here
     assert not ok
+    assert detail == "falls back to CPUExecutionProvider", detail
 
 
 def test_doctor_reports_no_gpu_here(monkeypatch, capsys):
