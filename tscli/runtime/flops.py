@@ -14,10 +14,11 @@ Graphs (DESIGN.md section 2; T = patches + 1 tokens, S = K + 1 slots):
 - ATS padded at K (an upper bound: it ignores that K' <= K): blocks before the first stage on T
   tokens; the first ATS stage computes qkv for all T input tokens, the CLS attention row (Q K^T
   over T keys, to score), and attention rows (Q K^T and A V over T keys), proj and MLP for S
-  slots only; every later block runs on S slots (ATS stages again add a CLS row each).
-- ideal at K: the same minus the scoring rows (what `tscli bench --ideal` runs).
+  slots only; every later block runs on S slots (a later ATS stage scores with the CLS row of
+  its own attention: no extra row).
+- ideal at K: the same minus the first stage's scoring row (what `tscli bench --ideal` runs).
 - trimmed: per image, the slots after each stage are that image's own K' + 1 (measured counts),
-  and the per-image mean is reported.
+  and the per-image mean is reported. Every trimmed stage gathers, so each computes its CLS row.
 """
 
 from __future__ import annotations
@@ -69,15 +70,20 @@ def dense_flops(a: Arch) -> int:
     return _ends(a) + a.depth * block_flops(a, a.tokens, a.tokens)
 
 
-def ats_flops(a: Arch, widths: Sequence[int], scoring: bool = True) -> int:
-    """Forward FLOPs when stage i emits widths[i] slots (len(widths) == number of stages)."""
+def ats_flops(a: Arch, widths: Sequence[int], score_rows: int | None = None) -> int:
+    """Forward FLOPs when stage i emits widths[i] slots (len(widths) == number of stages).
+
+    ``score_rows``: how many stages (the first ones) compute a separate CLS scoring row; every
+    stage when None (trimmed), 1 for padded, 0 for the ideal bound."""
     if len(widths) != len(a.stages):
         raise ValueError(f"need one width per stage ({len(a.stages)}), got {len(widths)}")
+    score_rows = len(widths) if score_rows is None else score_rows
     total, t, out = _ends(a), a.tokens, iter(widths)
     for i in range(a.depth):
         if i in a.stages:
             s = int(next(out))
-            total += block_flops(a, t, s, score_row=scoring)
+            total += block_flops(a, t, s, score_row=score_rows > 0)
+            score_rows -= 1
             t = s
         else:
             total += block_flops(a, t, t)
@@ -85,11 +91,11 @@ def ats_flops(a: Arch, widths: Sequence[int], scoring: bool = True) -> int:
 
 
 def padded_flops(a: Arch, k: int) -> int:
-    return ats_flops(a, [k + 1] * len(a.stages))
+    return ats_flops(a, [k + 1] * len(a.stages), score_rows=1)
 
 
 def ideal_flops(a: Arch, k: int) -> int:
-    return ats_flops(a, [k + 1] * len(a.stages), scoring=False)
+    return ats_flops(a, [k + 1] * len(a.stages), score_rows=0)
 
 
 def trimmed_flops(a: Arch, counts) -> float:
