@@ -38,6 +38,18 @@ def test_rejects_scatter_with_reduction_and_last_index_argmin():
     assert any("reduction" in m for m in messages) and any("select_last_index" in m for m in messages)
 
 
+def test_local_function_bodies_are_checked():
+    """The plugin form's function body is inlined by TensorRT without the plugin: same rules."""
+    body = helper.make_function("tscli", "Pick", ["x"], ["y"], [helper.make_node("NonZero", ["x"], ["y"])],
+                                [helper.make_opsetid("", 18)])
+    model = _graph([helper.make_node("Pick", ["x"], ["y"], domain="tscli")],
+                   [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    model.functions.append(body)
+    model.opset_import.append(helper.make_opsetid("tscli", 1))
+    errors = [f for f in lint_model(model).findings if f.level == "error"]
+    assert any(f.node.startswith("tscli.Pick/NonZero") and "inlines" in f.message for f in errors), errors
+
+
 def test_data_dependent_output_dim_is_an_error():
     model = _graph([helper.make_node("Identity", ["x"], ["y"])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "u0"])])

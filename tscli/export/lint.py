@@ -94,6 +94,19 @@ def _check_shapes(model: onnx.ModelProto, report: LintReport, data_dependent: st
                 return
 
 
+def _check_functions(model: onnx.ModelProto, report: LintReport) -> None:
+    """Local function bodies (the plugin form's tscli.ATSSample) are what TensorRT inlines when
+    the plugin library is not loaded, so they must pass the same node checks."""
+    for fn in model.functions:
+        body = LintReport()
+        constants = {o for n in fn.node if n.op_type == "Constant" for o in n.output}
+        for node in fn.node:
+            _check_node(node, constants, body)
+        for f in body.findings:
+            report.findings.append(Finding(f.level, f"{fn.domain}.{fn.name}/{f.node}",
+                                           f"{f.message} (in the function body TensorRT inlines without the plugin)"))
+
+
 def _mode(model: onnx.ModelProto) -> str:
     props = {p.key: p.value for p in model.metadata_props}
     return str(C.decode_metadata(props).get("mode", "padded"))
@@ -116,6 +129,7 @@ def lint_model(model: onnx.ModelProto) -> LintReport:
             cumsum_axes.add(node.input[1] if len(node.input) > 1 else "")
     if len(cumsum_axes) > 1:
         report.add("warning", "CumSum", "several CumSum axes gave wrong results in TensorRT 10.8+")
+    _check_functions(model, report)
     _check_shapes(model, report, "warning" if trimmed else "error")
     report.op_histogram = dict(Counter(n.op_type for n in model.graph.node).most_common())
     return report
