@@ -78,8 +78,8 @@ def _manifest(**over) -> dict:
 
 def test_manifest_round_trip_and_atomic_write(tmp_path):
     engine = tmp_path / "m.engine"
-    path_e, path_m = M.write_engine(engine, b"engine-bytes", _manifest())
-    assert path_m == tmp_path / "m.engine.json"
+    path_e, path_m, written = M.write_engine(engine, b"engine-bytes", _manifest())
+    assert path_m == tmp_path / "m.engine.json" and written["engine_sha256"] == M.sha256_bytes(b"engine-bytes")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json"]  # no temp files left
     back = M.read_manifest(engine)
     assert back["engine_sha256"] == M.sha256_bytes(b"engine-bytes")

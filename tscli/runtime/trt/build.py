@@ -316,7 +316,6 @@ def build_engine(opts: BuildOptions, progress=lambda msg: None) -> BuildResult:
                           "--verbose shows more)")
     gpu, _ = detect_gpu()
     manifest = make_manifest(plan, trt.__version__, gpu, opts.precision, plugin_ops, opts)
-    engine_path, manifest_path = M.write_engine(plan.engine_path, bytes(memoryview(serialized)), manifest)
+    engine_path, manifest_path, manifest = M.write_engine(plan.engine_path, bytes(memoryview(serialized)), manifest)
     _save_timing_cache(config, opts.timing_cache, warnings)
-    manifest["engine_sha256"] = sha256_file(engine_path)
     return BuildResult(engine_path, manifest_path, manifest, time.perf_counter() - start, warnings)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from ...errors import ModelFileError
+from ...files import atomic_path
 from .host import GpuInfo, version_tuple
 
 FORMAT = "tscli-trt-engine"
@@ -28,36 +28,28 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_temp(directory: Path, data: bytes, suffix: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=".tscli-", suffix=suffix, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
+def _write_synced(path: Path, data: bytes) -> None:
+    # fsync before the rename: a Jetson losing power right after a build keeps a whole engine or none.
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def write_engine(engine_path: str | Path, engine: bytes, manifest: dict) -> tuple[Path, Path]:
-    """Write the engine and its manifest through temporary files in the target folder, renamed only
-    when both are complete: an interrupted build leaves no half-written engine. The manifest carries
-    the engine's hash, so a pair mixed up by hand is caught at load."""
+def write_engine(engine_path: str | Path, engine: bytes, manifest: dict) -> tuple[Path, Path, dict]:
+    """Write the engine and its manifest through temporary files in the target folder (files.
+    atomic_path), renamed only when both are complete: an interrupted build leaves no half-written
+    engine. The manifest carries the engine's hash, so a pair mixed up by hand is caught at load.
+    Returns the two paths and the manifest as written."""
     engine_path = Path(engine_path)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     manifest = {**manifest, "engine_sha256": sha256_bytes(engine)}
     validate_structure(manifest, engine_path)
-    tmp_engine = _write_temp(engine_path.parent, engine, ".engine")
-    try:
-        tmp_manifest = _write_temp(engine_path.parent, (json.dumps(manifest, indent=2) + "\n").encode(), ".json")
-    except BaseException:
-        os.unlink(tmp_engine)
-        raise
-    os.replace(tmp_engine, engine_path)
-    os.replace(tmp_manifest, manifest_path(engine_path))
-    return engine_path, manifest_path(engine_path)
+    with atomic_path(engine_path, suffix=".engine") as tmp_engine:
+        _write_synced(tmp_engine, engine)
+        with atomic_path(manifest_path(engine_path), suffix=".json") as tmp_manifest:
+            _write_synced(tmp_manifest, (json.dumps(manifest, indent=2) + "\n").encode())
+    return engine_path, manifest_path(engine_path), manifest
 
 
 def validate_structure(manifest: dict, engine_path: str | Path) -> dict:
