@@ -47,6 +47,9 @@ def test_logic_runner_over_trt_backend(monkeypatch, engine):
     out = runner.infer(x)
     np.testing.assert_allclose(out["logits"], x.mean(axis=(2, 3)), rtol=1e-6)
     assert out["kept_counts"].dtype == np.int64 and (out["kept_counts"] == 13).all()
+    cudart = runner.backend.cuda.rt
+    runner.backend.close()
+    assert cudart.destroyed_streams == [7] and cudart.buffers == {}  # stream and device buffers released
 
 
 def test_logic_k_selects_profile_and_default_k(monkeypatch, engine):

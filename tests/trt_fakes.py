@@ -284,6 +284,8 @@ def fake_cudart() -> types.ModuleType:
     rt.cudaMalloc = malloc
     rt.cudaMemcpyAsync = memcpy
     rt.cudaStreamCreate = lambda: (0, 7)
+    rt.destroyed_streams = []
+    rt.cudaStreamDestroy = lambda stream: (rt.destroyed_streams.append(stream), 0)[1:]
     rt.cudaStreamSynchronize = lambda stream: (0,)
     rt.cudaFree = lambda ptr: (rt.buffers.pop(ptr, None), 0)[1:]
     rt.cudaGetErrorString = lambda err: (0, b"fake error")

@@ -112,6 +112,8 @@ class TrtBackend:
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
+        # numpy dtypes, looked up once (run() is the hot path)
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.stream = self.cuda.check(self.cuda.rt.cudaStreamCreate(), "cudaStreamCreate")
         self.context.set_optimization_profile_async(self.profile_index, int(self.stream))
         if self.k is not None and C.INPUT_K in self.input_names:
@@ -144,30 +146,34 @@ class TrtBackend:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._check_feeds(feeds)
-        trt, stream = self.trt, self.stream
+        stream = self.stream
         self.context.set_input_shape(C.INPUT_IMAGES, tuple(feeds[C.INPUT_IMAGES].shape))
-        hosts = {}
+        hosts = {}  # keeps the host arrays alive until the stream is synchronised
         for name in self.input_names:
-            arr = np.ascontiguousarray(feeds[name], dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
+            arr = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
             hosts[name] = arr
             self.cuda.copy(self._buffer(name, arr.nbytes), arr.ctypes.data, arr.nbytes, True, stream)
         outs = {}
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
-            outs[name] = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
+            outs[name] = np.empty(shape, dtype=self.dtypes[name])
             self._buffer(name, outs[name].nbytes)
         if not self.context.execute_async_v3(int(stream)):
             raise CheckFailed(f"TensorRT execution of {self.path.name} failed (see its log above)")
         for name, arr in outs.items():
             self.cuda.copy(arr.ctypes.data, self._buffers[name][0], arr.nbytes, False, stream)
         self.cuda.check(self.cuda.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-        # TensorRT 8.6 has no int64 I/O (the parser narrows to int32): keep the contract's int64.
-        return {n: a.astype(np.int64) if a.dtype.kind == "i" else a for n, a in outs.items()}
+        # TensorRT 8.6 has no int64 I/O (the parser narrows to int32): keep the contract's int64
+        # (a no-copy view when the engine already returns int64).
+        return {n: a.astype(np.int64, copy=False) if a.dtype.kind == "i" else a for n, a in outs.items()}
 
     def close(self) -> None:
         for ptr, _ in self._buffers.values():
             self.cuda.rt.cudaFree(ptr)
         self._buffers = {}
+        if getattr(self, "stream", None) is not None:
+            self.cuda.rt.cudaStreamDestroy(self.stream)
+            self.stream = None
 
     def __del__(self):  # best effort: the process usually ends right after
         try:
