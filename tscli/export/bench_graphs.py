@@ -7,21 +7,18 @@ graph also has the same dynamic K input), written to a temporary name and rename
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import onnx
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from .. import __version__
 from ..errors import UsageError
 from ..files import atomic_path
 from ..models.build import _vit_kwargs, build_from_metadata
 from ..models.ideal import IdealATS
 from . import contract as C
-from .onnx_export import optimize_graph
+from .onnx_export import optimize_graph, run_exporter, stamp
 
 GRAPHS = ("dense", "ideal")
 
@@ -48,11 +45,7 @@ def _export(module: torch.nn.Module, graph: str, meta: dict) -> onnx.ModelProto:
         names = [C.INPUT_IMAGES, C.INPUT_K]
     else:
         example, dynamic, names = (images,), {"x": {0: batch}}, [C.INPUT_IMAGES]
-    with contextlib.redirect_stdout(io.StringIO()):
-        prog = torch.onnx.export(module, example, dynamo=True, external_data=False, opset_version=int(meta["opset"]),
-                                 verbose=False, input_names=names, output_names=[C.OUTPUT_LOGITS],
-                                 dynamic_shapes=dynamic)
-    return optimize_graph(prog.model_proto)
+    return optimize_graph(run_exporter(module, example, (names, [C.OUTPUT_LOGITS]), dynamic, int(meta["opset"])))
 
 
 def export_bench_graph(graph: str, meta: dict, path: str | Path, checkpoint: str | None = None) -> Path:
@@ -66,9 +59,7 @@ def export_bench_graph(graph: str, meta: dict, path: str | Path, checkpoint: str
     ref = dict(meta, family="dense" if graph == "dense" else "ideal", bench_graph=graph)
     if graph == "dense":
         ref.update(model=meta.get("dense_name") or f"{meta['model']}-dense", max_k=None, stages=[], scheme=None)
-    for key, value in C.encode_metadata(ref).items():
-        model.metadata_props.add(key=key, value=value)
-    model.producer_name, model.producer_version = "tscli", __version__
+    stamp(model, ref)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))

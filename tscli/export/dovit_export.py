@@ -9,9 +9,6 @@ lint, ONNX Runtime vs the variable-length PyTorch reference) and only then renam
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,7 +26,7 @@ from ..models.registry import get_config
 from ..files import check_output_file
 from . import contract as C
 from .lint import LintReport
-from .onnx_export import check_opset, optimize_graph, write_checked
+from .onnx_export import check_opset, optimize_graph, run_exporter, stamp, write_checked
 from .validate import LOGIT_ATOL, NEAR_TIE, ParityReport
 
 SEG_FAMILIES = ("dovit", "seg")
@@ -104,13 +101,8 @@ def _torch_export(built: BuiltModel, hw, cap, xi, opset: int) -> onnx.ModelProto
         module, example = built.module, (images,)
         dynamic = {"images": {0: batch}}
         names = ([C.INPUT_IMAGES], [C.OUTPUT_SEG])
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's warnings about its own internals
-        prog = torch.onnx.export(
-            module, example, dynamo=True, external_data=False, opset_version=opset, verbose=False,
-            input_names=names[0], output_names=names[1], dynamic_shapes=dynamic,
-        )
-    model = optimize_graph(prog.model_proto)
+    with torch.no_grad():
+        model = optimize_graph(run_exporter(module, example, names, dynamic, opset))
     if built.config.family == "dovit":
         # After optimisation: the optimiser would constant-fold an initializer-backed input.
         add_input_default(model, C.INPUT_XI, np.float32(xi))
@@ -135,9 +127,7 @@ def export_seg(opts: SegExportOptions, progress: Callable[[str], None] = lambda 
     progress("tracing and converting to ONNX")
     model = _torch_export(built, hw, cap, xi, opts.opset)
     meta = metadata_for(built, hw, cap, xi, opts.opset)
-    for key, value in C.encode_metadata(meta).items():
-        model.metadata_props.add(key=key, value=value)
-    model.producer_name, model.producer_version = "tscli", __version__
+    stamp(model, meta)
     validate = None
     if opts.validate:
         from ..runtime import load

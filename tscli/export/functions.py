@@ -68,14 +68,14 @@ def sampling_function(scheme: str, opset: int) -> onnx.FunctionProto:
             "valid": {0: torch.export.Dim("b"), 1: torch.export.Dim("n")},
             "k_like": {0: torch.export.Dim("k")}}
     example = (torch.rand(2, 9), torch.ones(2, 9, dtype=torch.bool), torch.zeros(4))
-    prog = torch.onnx.export(_Sample(scheme).eval(), example, dynamo=True, external_data=False, opset_version=opset,
-                             input_names=["scores", "valid", "k_like"], output_names=["index", "mask"],
-                             dynamic_shapes=dims, verbose=False)
-    graph = prog.model_proto.graph
+    from .onnx_export import run_exporter  # (onnx_export imports this module)
+
+    body = run_exporter(_Sample(scheme).eval(), example, (["scores", "valid", "k_like"], ["index", "mask"]), dims, opset)
+    graph = body.graph
     consts = [helper.make_node("Constant", [], [init.name], value=init) for init in graph.initializer]
     return helper.make_function(
         PLUGIN_DOMAIN, SAMPLE_OP, [i.name for i in graph.input], [o.name for o in graph.output],
-        consts + list(graph.node), list(prog.model_proto.opset_import), attributes=["scheme"],
+        consts + list(graph.node), list(body.opset_import), attributes=["scheme"],
     )
 
 

@@ -128,23 +128,40 @@ def _torch_export(built: BuiltModel, max_k: int | None, opset: int, mode: str = 
         module, example = built.module, (images,)
         dynamic = {"x": {0: batch}}
         names = ([C.INPUT_IMAGES], [C.OUTPUT_LOGITS])
-    # A trimmed export logs a warning per data-dependent size (u0, u1, ...): expected there.
+    try:
+        return run_exporter(module, example, names, dynamic, opset, translation_table())
+    finally:
+        if cfg.family == "ats":
+            built.module.configure(use_custom_op=False, execution="padded")
+
+
+def run_exporter(module: torch.nn.Module, example: tuple, names: tuple[list[str], list[str]], dynamic: dict,
+                 opset: int, translation: dict | None = None) -> onnx.ModelProto:
+    """torch.onnx.export the way every tscli exporter calls it: dynamo, one file (no external
+    data), the given dynamic dims, and quiet (the exporter prints progress and a long report,
+    warns about its own internals, and logs every data-dependent size of a trimmed export)."""
     shape_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
     level = shape_log.level
     shape_log.setLevel(logging.ERROR)
     try:
-        # The exporter prints progress and a long report of its own; keep the user's terminal clean.
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             prog = torch.onnx.export(
                 module, example, dynamo=True, external_data=False, opset_version=opset, verbose=False,
                 input_names=names[0], output_names=names[1], dynamic_shapes=dynamic,
-                custom_translation_table=translation_table(),
+                custom_translation_table=translation,
             )
     finally:
-        if cfg.family == "ats":
-            built.module.configure(use_custom_op=False, execution="padded")
         shape_log.setLevel(level)
     return prog.model_proto
+
+
+def stamp(model: onnx.ModelProto, meta: dict) -> onnx.ModelProto:
+    """Write the contract's metadata (export/contract.py) and tscli as the producer."""
+    for key, value in C.encode_metadata(meta).items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name, model.producer_version = "tscli", __version__
+    return model
 
 
 def optimize_graph(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -184,16 +201,11 @@ def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda ms
     progress(f"building {cfg.name} ({'checkpoint' if opts.checkpoint else 'random weights'})")
     built = build_model(cfg, checkpoint=opts.checkpoint, seed=opts.seed)
     progress("tracing and converting to ONNX")
-    with warnings.catch_warnings():
-        # torch's exporter warns about its own internals (axis renaming, deprecations): noise here.
-        warnings.simplefilter("ignore")
-        model = _torch_export(built, max_k, opts.opset, opts.mode, opts.form)
-        if cfg.family == "ats" and opts.form == "plugin":
-            model = to_plugin_form(model, cfg.scheme, opts.opset)
+    model = _torch_export(built, max_k, opts.opset, opts.mode, opts.form)
+    if cfg.family == "ats" and opts.form == "plugin":
+        model = to_plugin_form(model, cfg.scheme, opts.opset)
     meta = metadata_for(built, max_k, opts)
-    for key, value in C.encode_metadata(meta).items():
-        model.metadata_props.add(key=key, value=value)
-    model.producer_name, model.producer_version = "tscli", __version__
+    stamp(model, meta)
     validate = None
     if opts.validate and cfg.family == "ats":
         from .validate import validate_export
