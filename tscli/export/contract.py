@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from ..errors import UsageError
+
 INPUT_IMAGES = "images"
 INPUT_K = "k_select"  # float32 [K]: only its length matters; K is chosen at load time
 DIM_BATCH = "batch"
@@ -57,3 +59,14 @@ def decode_metadata(props: dict[str, str]) -> dict:
             except json.JSONDecodeError:
                 out[key[len(META_PREFIX):]] = raw
     return out
+
+
+def check_xi(xi) -> float:
+    """A DoViT threshold as a float in [0, 1] (NaN and non-numbers refused), or a UsageError."""
+    try:
+        value = float(xi)
+    except (TypeError, ValueError):
+        raise UsageError(f"xi={xi!r} is not a number; valid: 0 <= xi <= 1") from None
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise UsageError(f"xi={xi!r} is out of range; valid: 0 <= xi <= 1 (1.0 = no token stops)")
+    return value

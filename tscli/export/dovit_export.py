@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from .. import __version__
 from ..errors import TscliError, UsageError
 from ..models.build import BuiltModel, build_from_metadata, build_model
-from ..models.dovit import PaddedExport, SegConfig, check_xi, parse_hw
+from ..models.dovit import PaddedExport, SegConfig, parse_hw
 from ..models.registry import get_config
 from ..files import check_output_file
 from . import contract as C
@@ -72,7 +72,7 @@ def resolve(opts: SegExportOptions) -> tuple[SegConfig, tuple[int, int], int | N
     cap = tokens if opts.max_keep is None else opts.max_keep
     if not 1 <= cap <= tokens:
         raise UsageError(f"--max-keep {cap} is out of range for {cfg.name} at {hw[0]}x{hw[1]}; valid: 1..{tokens} (patch tokens)")
-    return cfg, hw, cap, check_xi(cfg.xi if opts.xi is None else opts.xi)
+    return cfg, hw, cap, C.check_xi(cfg.xi if opts.xi is None else opts.xi)
 
 
 def metadata_for(built: BuiltModel, hw, cap, xi, opset: int) -> dict:
@@ -252,7 +252,7 @@ def seg_parity_for_file(path: Path, checkpoint: Path | None, images: Path | None
     if meta["family"] == "seg" and xis:
         raise UsageError("--xi applies to DoViT files; this one is a dense segmentation model")
     for xi in xis or []:
-        check_xi(xi)
+        C.check_xi(xi)
     built = rebuild(meta, str(checkpoint) if checkpoint else None)
     x = parity_inputs(meta, images, n)
     xis = xis or default_xis(built, x, meta)

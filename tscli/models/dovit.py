@@ -135,13 +135,6 @@ class SegOutput:
     margin: Tensor | None = None  # [B] smallest |q - xi| / capacity-boundary gap (reference only)
 
 
-def check_xi(xi: float) -> float:
-    xi = float(xi)
-    if not 0.0 <= xi <= 1.0:  # also rejects NaN
-        raise UsageError(f"xi={xi!r} is out of range; valid: 0 <= xi <= 1 (1.0 = no token stops)")
-    return xi
-
-
 class SegViT(VisionTransformer):
     """timm VisionTransformer + SETR-naive decoder + DoViT aux heads (see the module docstring)."""
 

@@ -48,15 +48,7 @@ class Runner:
             if xi is not None:
                 raise UsageError(f"xi={xi} given, but {self.meta['model']} ({self.meta['family']}) has no threshold to choose")
             return None
-        if xi is None:
-            return float(self.meta.get("xi", 1.0))
-        try:
-            xi = float(xi)
-        except (TypeError, ValueError):
-            raise UsageError(f"xi={xi!r} is not a number; valid: 0 <= xi <= 1") from None
-        if not 0.0 <= xi <= 1.0:
-            raise UsageError(f"xi={xi!r} is out of range; valid: 0 <= xi <= 1 (1.0 = no token stops)")
-        return xi
+        return float(self.meta.get("xi", 1.0)) if xi is None else C.check_xi(xi)
 
     def _check_k(self, k):
         max_k = self.meta.get("max_k")

@@ -188,9 +188,7 @@ def bench_seg(path: str | Path, xis: list[float] | None = None, batches: list[in
     meta = C.decode_metadata(dovit.metadata_props)
     if meta.get("family") != "dovit":
         raise UsageError(f"segmentation bench needs a DoViT file; this one is {meta.get('family')!r}")
-    xis = xis or [float(meta["xi"])]
-    if any(not 0.0 <= float(v) <= 1.0 for v in xis):
-        raise UsageError(f"xi values {xis} out of range; valid: 0 <= xi <= 1")
+    xis = [C.check_xi(v) for v in xis] if xis else [float(meta["xi"])]
     batches = batches or [1]
     if runs < 1 or warmup < 0 or any(b < 1 for b in batches):
         raise UsageError(f"bad --runs {runs} / --warmup {warmup} / --batch {batches}; need runs >= 1, warmup >= 0, batch >= 1")
