@@ -161,3 +161,22 @@ def test_deit_t_ats_official_scheme_parity(tmp_path, sample_arrays):
     for row in report.rows:
         assert row.max_abs_diff <= LOGIT_ATOL, row
         assert row.sets_agree + row.near_ties == row.images and row.near_ties <= 1, row
+
+
+def test_parity_compare_counts_sets_and_near_ties():
+    """compare(): every image must agree on counts, sets and logits unless its picks differ only
+    within a near-tie (smallest decision margin below 1e-6), which is counted apart."""
+    import numpy as np
+
+    from tscli.export.validate import compare
+
+    logits = np.array([[1.0, 2.0, 0.5], [0.1, 0.2, 0.3]], np.float32)
+    counts = np.array([[3, 2], [3, 2]])
+    pos = [np.array([[0, 4, 9], [0, 5, 7]]), np.array([[0, 4, -1], [0, 7, -1]])]
+    got = {"logits": logits + 1e-6, "kept_counts": counts.copy(), "kept_positions": np.stack(pos, 1)}
+    row = compare((logits, counts, pos, np.array([0.1, 0.1])), got, 2, "padded")
+    assert row.ok and (row.counts_agree, row.sets_agree, row.near_ties) == (2, 2, 0)
+    bad = dict(got, kept_counts=np.array([[3, 2], [3, 3]]))  # same sets, a different count
+    assert not compare((logits, counts, pos, np.array([0.1, 0.1])), bad, 2, "padded").ok
+    near = compare((logits, counts, pos, np.array([0.1, 1e-8])), bad, 2, "padded")
+    assert near.ok and near.near_ties == 1 and near.counts_agree == 1

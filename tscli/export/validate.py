@@ -88,22 +88,25 @@ def compare(ref, got: dict, k: int | None, execution: str, tol: float = LOGIT_AT
     n = len(logits_r)
     diffs, cosines, top1, counts_ok, sets_ok, near = [], [], 0, 0, 0, 0
     for i in range(n):
-        same_sets = True
+        same_sets = same_counts = True
         if counts_r is not None:
             pos_g = [got["kept_positions"][i : i + 1, s] for s in range(got["kept_positions"].shape[1])]
             same_sets = _kept_sets(pos_r, i) == _kept_sets(pos_g, 0)
-            counts_ok += int(np.array_equal(counts_r[i], got["kept_counts"][i]))
-        if not same_sets and margins[i] < NEAR_TIE:
+            same_counts = np.array_equal(counts_r[i], got["kept_counts"][i])
+        # An image whose picks differ only where a decision was within NEAR_TIE of a tie is
+        # reported apart; every other image must agree on sets, counts and logits.
+        if not (same_sets and same_counts) and margins[i] < NEAR_TIE:
             near += 1
             continue
         sets_ok += int(same_sets)
+        counts_ok += int(same_counts and counts_r is not None)
         a, b = logits_r[i].astype(np.float64), logits_g[i].astype(np.float64)
         diffs.append(float(np.abs(a - b).max()))
         cosines.append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30)))
         top1 += int(a.argmax() == b.argmax())
     max_diff = max(diffs) if diffs else 0.0
     checked = n - near
-    ok = max_diff <= tol and sets_ok == checked and (counts_r is None or counts_ok >= checked)
+    ok = max_diff <= tol and sets_ok == checked and (counts_r is None or counts_ok == checked)
     return ParityRow(k, execution, n, max_diff, min(cosines) if cosines else 1.0, top1, counts_ok, sets_ok, near, ok)
 
 
