@@ -3,7 +3,8 @@
 Accuracy: top-1 against the folder's labels when it is an ImageFolder (class sub-folders; a class
 maps to the model's class of the same name when the file has label names, else by sorted
 position), otherwise agreement of the top-1 with the max_k output. Latency: median and p90 of
-``runs`` interleaved rounds (every K once per round, rotating order) on ``batch`` images.
+``runs`` interleaved rounds (every K once per round, rotating order) on ``batch`` images, each K
+in its own session with K pinned, as ``runtime.load`` runs it.
 
 Choice: with ``budget_ms``, the most accurate K whose median latency fits (ties: the faster);
 with ``max_drop`` (percentage points of accuracy below the max_k accuracy; 1.0 by default), the
@@ -79,17 +80,23 @@ def _predict(backend: OrtBackend, x: np.ndarray, k: int) -> tuple[np.ndarray, np
     return np.concatenate(tops), np.concatenate(counts)
 
 
-def _latency(backend: OrtBackend, x: np.ndarray, ks: list[int], runs: int, warmup: int, progress) -> dict[int, list[float]]:
+def _latency(path: str | Path, threads: int | None, x: np.ndarray, ks: list[int], runs: int, warmup: int,
+             progress) -> dict[int, list[float]]:
+    """Median-ready samples per K. Each K runs in its own session with K pinned, as
+    ``runtime.load(FILE, k)`` runs it (a few per cent faster at batch 1 than a free K), and with
+    spinning stopped between runs so the sessions do not slow each other (see bench.py)."""
+    progress(f"opening {len(ks)} sessions (one per K, K pinned)")
+    sessions = {k: OrtBackend(path, threads=threads, fixed_dims={C.DIM_K: k}, stop_spinning=True) for k in ks}
     times: dict[int, list[float]] = {k: [] for k in ks}
     feeds = {k: {C.INPUT_IMAGES: x, C.INPUT_K: np.zeros(k, np.float32)} for k in ks}
     for _ in range(warmup):
         for k in ks:
-            backend.run(feeds[k])
+            sessions[k].run(feeds[k])
     for r in range(runs):
         progress(f"latency round {r + 1}/{runs}")
         for k in ks[r % len(ks):] + ks[:r % len(ks)]:
             t0 = time.perf_counter()
-            backend.run(feeds[k])
+            sessions[k].run(feeds[k])
             times[k].append((time.perf_counter() - t0) * 1e3)
     return times
 
@@ -154,7 +161,7 @@ def measure(path: str | Path, data: str | Path, labels: str = "auto", k_grid: li
     # max_k is always measured: it is the reference of --max-drop, and of agreement without labels.
     preds = {k: _predict(backend, x, k) for k in sorted(set(ks) | {max_k}, reverse=True)}
     truth = y if y is not None else preds[max_k][0]
-    times = _latency(backend, x[:batch], ks, runs, warmup, progress)
+    times = _latency(path, threads, x[:batch], ks, runs, warmup, progress)
     arch = F.arch_from_meta(meta)
     table = []
     for k in ks:
