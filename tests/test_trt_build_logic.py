@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from trt_fakes import Recorder, fake_tensorrt, make_onnx
 
-from tscli.errors import ModelFileError, UsageError
+from tscli.errors import MissingDependency, ModelFileError, UsageError
 from tscli.files import sha256_file
 from tscli.runtime.trt import build as B
 from tscli.runtime.trt.host import GpuInfo
@@ -125,6 +125,11 @@ def test_logic_input_default_is_dropped_so_xi_stays_an_engine_input(monkeypatch,
     model = onnx.load_from_string(parsed[0][1])
     assert [i.name for i in model.graph.input] == ["images", "xi"] and not list(model.graph.initializer)
     assert onnx.load(str(src)).graph.initializer[0].name == "xi"  # the user's file is untouched
+    # A host without the onnx package (read via ONNX Runtime: no edited bytes) is told before
+    # TensorRT is imported.
+    no_onnx = B.SourceInfo(Path("seg.onnx"), {}, ["images", "xi"], {}, defaulted_inputs=["xi"])
+    with pytest.raises(MissingDependency, match="keeping xi selectable .* pip install onnx"):
+        B.parser_input(no_onnx)
     # Without a defaulted input the file is parsed as it is.
     plain = make_onnx(tmp_path / "plain.onnx")
     trt = _with_fake(monkeypatch)

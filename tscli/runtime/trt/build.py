@@ -49,6 +49,9 @@ class SourceInfo:
     # Inputs that carry a default value (an initializer of the same name: DoViT's xi). TensorRT's
     # parser would fold such an input into a constant, freezing it in the engine.
     defaulted_inputs: list[str] = field(default_factory=list)
+    # What TensorRT parses when defaulted inputs exist: the model without those defaults, so they
+    # stay engine inputs (DoViT: xi chosen at load). Made where the file is read (needs onnx).
+    parser_bytes: bytes | None = None
 
 
 @dataclass
@@ -100,7 +103,7 @@ def read_source(path: str | Path) -> SourceInfo:
         report = lint_model(model)
         defaulted = [i.name for i in model.graph.input if i.name in init]
         return SourceInfo(path, meta, [i.name for i in inputs], types, _custom_ops_from_onnx(model),
-                          None if report.ok else report.first_error(), defaulted)
+                          None if report.ok else report.first_error(), defaulted, _without_defaults(model, defaulted))
     from ..ort_backend import OrtBackend
 
     backend = OrtBackend(path)
@@ -135,6 +138,7 @@ def plan_build(opts: BuildOptions) -> BuildPlan:
         raise UsageError(f"--workspace {opts.workspace_mb} is invalid; give a size in MB >= 1")
     src = read_source(opts.onnx)
     refuse_unbuildable(src)
+    parser_input(src)  # a missing onnx package is known before TensorRT is imported
     profiles = derive_profiles(src.meta, src.input_names, opts.ks, opts.k_ranges, opts.batch)
     engine = Path(opts.output) if opts.output else src.path.with_suffix(".engine")
     if not engine.parent.exists():
@@ -193,22 +197,26 @@ def add_profiles(builder, config, profiles: list[Profile]) -> None:
         config.add_optimization_profile(profile)
 
 
-def parser_input(src: SourceInfo) -> bytes | None:
-    """What TensorRT parses: None = the file as it is; bytes = the model with the defaults of its
-    defaulted inputs dropped, so that they stay engine inputs (DoViT: xi chosen at load, as with
-    ONNX Runtime, instead of frozen at its export value). Editing the graph needs the onnx package."""
-    if not src.defaulted_inputs:
+def _without_defaults(model, defaulted: list[str]) -> bytes | None:
+    """The serialized model minus the initializers that give ``defaulted`` inputs their default
+    (the loaded model is edited: read_source is done with it). None when there is none."""
+    if not defaulted:
         return None
-    if importlib.util.find_spec("onnx") is None:
-        raise MissingDependency(f"{src.path.name}: keeping {', '.join(src.defaulted_inputs)} selectable in the engine "
-                                "needs the onnx package to drop its default first: pip install onnx")
-    import onnx
-
-    model = onnx.load(str(src.path))
-    keep = [t for t in model.graph.initializer if t.name not in src.defaulted_inputs]
+    keep = [t for t in model.graph.initializer if t.name not in defaulted]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
     return model.SerializeToString()
+
+
+def parser_input(src: SourceInfo) -> bytes | None:
+    """What TensorRT parses: None = the file as it is; bytes = the model with the defaults of its
+    defaulted inputs dropped, so that they stay engine inputs (DoViT: xi chosen at load, as with
+    ONNX Runtime, instead of frozen at its export value). Called by plan_build, before TensorRT is
+    imported, so a host without the onnx package (needed to edit the graph) learns it at once."""
+    if src.defaulted_inputs and src.parser_bytes is None:
+        raise MissingDependency(f"{src.path.name}: keeping {', '.join(src.defaulted_inputs)} selectable in the engine "
+                                "needs the onnx package to drop its default first: pip install onnx")
+    return src.parser_bytes
 
 
 def parse_onnx(trt, network, logger, plan: BuildPlan) -> None:
