@@ -302,5 +302,9 @@ def test_bench_seg_report(seg_files, tmp_path):
     assert rows[1.0]["saturated"] == 1 and rows[1.0]["kept_fraction"] == 0.5
     assert rows[0.05]["kept_fraction"] == 0.0 and rows[0.05]["gflops_token_pass"] < rows[0.05]["gflops_padded"]
     assert all(len(r["samples_ms"]["dovit"]) == 2 and r["dovit_ms"] > 0 and r["dense_ms"] > 0 for r in report["rows"])
+    kept = tmp_path / "tiny_dovit.dense.onnx"
+    before = kept.stat().st_mtime_ns
+    bench_seg(path, [1.0], [1], runs=1, warmup=0, graphs_dir=tmp_path)  # reused, not exported again
+    assert kept.stat().st_mtime_ns == before
     with pytest.raises(UsageError, match="not a dense segmentation model"):
         bench_seg(path, [1.0], [1], runs=1, warmup=0, baseline=seg_files["dense48"].path)  # wrong input size

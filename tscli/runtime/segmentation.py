@@ -150,8 +150,17 @@ def _bench_inputs(meta: dict, batch: int, seed: int = 0) -> np.ndarray:
 
 
 def _dense_baseline(meta: dict, path: str | Path, baseline, checkpoint, folder: Path, threads, progress):
+    """--baseline, else a dense baseline already in ``folder`` made from the same model, weights,
+    input size and opset (--graphs-dir), else one exported there now."""
     from .ort_backend import OrtBackend
 
+    kept = folder / f"{meta['model']}.dense.onnx"
+    if baseline is None and kept.is_file():
+        dense = OrtBackend(kept, threads=threads, stop_spinning=True)
+        dmeta = C.decode_metadata(dense.metadata_props)
+        if dmeta.get("family") == "seg" and dmeta.get("model") == meta.get("dense_name") and all(
+                dmeta.get(key) == meta.get(key) for key in ("weights", "input_size", "opset")):
+            return dense, dmeta
     if baseline is None:
         try:
             from ..export.dovit_export import export_dense_baseline
@@ -161,7 +170,7 @@ def _dense_baseline(meta: dict, path: str | Path, baseline, checkpoint, folder: 
             raise MissingDependency(f"exporting the dense baseline needs the export extras ({exc.name} is missing): "
                                     "pip install 'tscli[export]', or give --baseline FILE") from None
         progress("exporting the dense SETR baseline (same weights)")
-        baseline = export_dense_baseline(meta, folder / f"{meta['model']}.dense.onnx", checkpoint)
+        baseline = export_dense_baseline(meta, kept, checkpoint)
     dense = OrtBackend(baseline, threads=threads, stop_spinning=True)  # interleaved timing: see OrtBackend
     dmeta = C.decode_metadata(dense.metadata_props)
     if dmeta.get("family") != "seg" or list(dmeta.get("input_size", [])) != list(meta["input_size"]):
