@@ -24,7 +24,7 @@ def _pick(scores, valid, k, scheme, dtype=torch.float32, with_margin=True):
     return torch.nonzero(keep[0]).flatten().tolist(), float(margin[0]) if margin is not None else None
 
 
-@pytest.mark.parametrize("with_margin", [True, False], ids=["reference", "exported"])
+@pytest.mark.parametrize("with_margin", [True, False], ids=["with-margin", "decisions-only"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_golden_vectors(golden_cases, dtype, with_margin):
     """All 82 cases, both schemes, exact kept sets (the exact-tie cases too, in float32). The

@@ -199,8 +199,6 @@ def run(
     files: list[Path] = []
     for item in images:
         files.extend(images_in(item) if item.is_dir() else [item])
-    if plugins is not None and backend != "trt":
-        raise UsageError(f"--plugins applies to the trt backend; --backend is {backend!r}")
     runner = load(file, k=_parse_k(k), backend=backend, threads=threads, xi=xi, profiles=profiles, plugins=plugins)
     if runner.meta.get("family") in ("dovit", "seg"):
         return _run_seg(runner, files, out_dir, as_json)

@@ -114,9 +114,11 @@ def load(path: str | Path, k: int | str | None = None, backend: str = "ort", thr
          xi: float | None = None, profiles: str | Path | None = None, plugins: str | Path | None = None) -> Runner:
     """Open an exported model. k=None means max_k; k="auto" takes K from the device profile that
     matches this device (runtime/profiles.py; ``profiles`` = the store, default next to the
-    model); xi=None means the file's default (DoViT). backend: one of BACKENDS. ``plugins``: the
-    TensorRT plugin library for an engine built from a plugin-form file (default: the one the
-    engine's manifest records, then $TSCLI_PLUGIN_PATH)."""
+    model); xi=None means the file's default (DoViT). backend: one of BACKENDS. ``plugins`` (trt
+    only): the TensorRT plugin library for an engine with plugin layers (default:
+    $TSCLI_PLUGIN_PATH, else the library the engine's manifest records)."""
+    if plugins is not None and backend != "trt":
+        raise UsageError(f"--plugins applies to the trt backend; --backend is {backend!r}")
     if isinstance(k, str) and k != "auto":
         raise UsageError(f"K={k!r} is invalid; give an integer or 'auto'")
     if backend == "ort":
