@@ -43,3 +43,18 @@ def sample_arrays() -> list[np.ndarray]:
     from tscli.data.samples import sample_images
 
     return [a for _, a in sample_images(6)]
+
+
+@pytest.fixture(scope="session")
+def ort_ops_library() -> str:
+    """tscli's ONNX Runtime op library, compiled once. ONNX Runtime's headers come from
+    $TSCLI_ORT_INCLUDE or the cache; if neither has them they are fetched from the Debian
+    archive, and a failure to fetch fails the tests that need the library (it does not skip)."""
+    from tscli.errors import MissingDependency
+    from tscli.plugins.ort_ops import build_ort_ops, fetch_ort_headers, find_ort_headers
+
+    try:
+        find_ort_headers()
+    except MissingDependency:
+        fetch_ort_headers()
+    return str(build_ort_ops())

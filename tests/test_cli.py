@@ -28,7 +28,8 @@ def tscli(*args, cwd=None):
     (["train-digits", "-o", "/tmp"], "-o '/tmp' is a folder"),
     (["train-digits", "-o", "w.pth"], "--output 'w.pth' must end in .safetensors"),
     (["digits", "/etc/hostname"], "is a file; give a new folder path"),
-    (["run", "m.onnx", "x.png", "--plugins", "p.so"], "--plugins applies to the trt backend; --backend is 'ort'"),
+    (["run", "m.onnx", "x.png", "--plugins", "p.so", "--backend", "ort-cuda"],
+     "--plugins applies to the ort and trt backends; --backend is 'ort-cuda'"),
     (["digits", "out", "--size", "0"], "--size 0 is invalid"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):

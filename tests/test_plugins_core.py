@@ -91,6 +91,23 @@ def test_random_and_adversarial_vectors_match_reference() -> None:
     assert near_ties <= total * 1e-3
 
 
+def test_fast_path_is_bit_identical_to_core() -> None:
+    """ats_sample_fast (the ONNX Runtime op) reorders loops but not arithmetic: same slots as the
+    core on every vector of the families above, with no near-tie allowance."""
+    rng = np.random.default_rng(99)
+    total = 0
+    for scheme in SCHEMES:
+        for n in NS:
+            for k in KS:
+                s, v = _cell(rng, n)
+                index, mask = ats_sample_cpu(s, v, k, scheme)
+                fast_index, fast_mask = ats_sample_cpu(s, v, k, scheme, fast=True)
+                np.testing.assert_array_equal(fast_index, index, err_msg=f"{scheme} N={n} K={k}")
+                np.testing.assert_array_equal(fast_mask, mask, err_msg=f"{scheme} N={n} K={k}")
+                total += len(s)
+    assert total >= 10_000
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_contract_of_reference_op(scheme: str) -> None:
     """Same numbers through the op-level reference (int32 index, bool mask, CLS in slot 0)."""
@@ -122,6 +139,10 @@ def test_golden_vectors_exact() -> None:
         kept = sorted(int(i) - 1 for i in index[0][mask[0]][1:])
         if kept != case["kept"]:
             failures.append(case["name"])
+        fast_index, fast_mask = ats_sample_cpu(
+            np.asarray([case["scores"]]), np.asarray([case["valid"]]), case["K"], case["scheme"], fast=True)
+        if not (np.array_equal(fast_index, index) and np.array_equal(fast_mask, mask)):
+            failures.append(f"{case['name']} (fast path)")
         assert margin[0] == pytest.approx(case["min_margin"], abs=1e-5)
     assert len(cases) == 82
     assert not failures, f"golden cases that differ: {failures}"

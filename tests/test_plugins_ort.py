@@ -1,11 +1,16 @@
-"""The plugin form of the sampling node, run in ONNX Runtime through the C++ core, vs the reference.
+"""The plugin form's sampling node run natively in ONNX Runtime (tscli/plugins/ort_ops.py).
 
 Graphs are built by hand with onnx.helper: a tscli.ATSSample node the way the exporter's plugin
 form writes it (plugin_version/plugin_namespace attributes, optional local function of the same
-name), inside a small graph with ops before and after it.
+name), inside a small graph with ops before and after it. The op library is compiled once per
+test session (the ort_ops_library fixture fetches ONNX Runtime's headers if none are present).
 """
 
 from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
 
 import numpy as np
 import onnx
@@ -15,13 +20,11 @@ import torch
 from onnx import TensorProto as TP
 from onnx import helper
 
+from tscli.errors import ModelFileError, TscliError, UsageError
 from tscli.models.ops import ats_sample_reference
 from tscli.models.sampling import SCHEMES
-from tscli.plugins.ort_custom_op import (
-    ORT_CONTRIB_DOMAIN,
-    create_ort_plugin_session,
-    to_ort_plugin_model,
-)
+from tscli.plugins import ort_ops
+from tscli.runtime.ort_backend import OrtBackend
 
 IR_VERSION = 10  # what onnxruntime 1.2x-1.3x accepts; onnx 1.23's default (14) is too new
 
@@ -68,24 +71,18 @@ def _plugin_model(scheme: str, with_function: bool) -> onnx.ModelProto:
     return model
 
 
-def test_rewrite_moves_node_and_drops_function() -> None:
-    model = _plugin_model("paper", with_function=True)
-    rewritten, count = to_ort_plugin_model(model)
-    assert count == 1
-    node = next(n for n in rewritten.graph.node if n.op_type == "ATSSample")
-    assert node.domain == ORT_CONTRIB_DOMAIN
-    assert [a.name for a in node.attribute] == ["scheme"]
-    assert len(rewritten.functions) == 0
-    domains = {op.domain for op in rewritten.opset_import}
-    assert ORT_CONTRIB_DOMAIN in domains and "tscli" not in domains
-    # the input model is untouched
-    assert model.graph.node[1].domain == "tscli" and len(model.functions) == 1
+def _session(model: onnx.ModelProto, library: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(library)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("with_function", [False, True])
-def test_plugin_graph_matches_reference(scheme: str, with_function: bool) -> None:
-    session = create_ort_plugin_session(_plugin_model(scheme, with_function))
+def test_plugin_graph_matches_reference(scheme: str, with_function: bool, ort_ops_library: str) -> None:
+    """The native op runs (not the decoy function ORT would otherwise inline) and gives the
+    reference's slots exactly."""
+    session = _session(_plugin_model(scheme, with_function), ort_ops_library)
     rng = np.random.default_rng(11)
     checked = 0
     for batch, n, k in ((1, 9, 3), (5, 48, 24), (3, 196, 120), (4, 120, 196), (2, 1, 1)):
@@ -106,22 +103,78 @@ def test_plugin_graph_matches_reference(scheme: str, with_function: bool) -> Non
     assert checked == 15
 
 
-def test_exported_plugin_form_matches_plain_form(tiny_exports) -> None:
-    """Issue 5 acceptance: the exporter's plugin-form tiny_ats, run here through the C++ core, gives
-    the plain form's logits (<= 1e-5) and exactly the same kept counts and positions, for several K."""
+def test_exported_plugin_form_matches_plain_form(tiny_exports, ort_ops_library) -> None:
+    """The exporter's plugin-form tiny_ats, run with the native op, gives the plain form's logits
+    (<= 1e-5) and exactly the same kept counts and positions, for several K; so does the same
+    file without the library (ORT then runs the op's body, the file's local function)."""
     exports = tiny_exports
-    plain = ort.InferenceSession(str(exports["paper"]), providers=["CPUExecutionProvider"])
+    plain = OrtBackend(exports["paper"])
     plugin_model = onnx.load(str(exports["plugin"]))
     assert sum(n.op_type == "ATSSample" and n.domain == "tscli" for n in plugin_model.graph.node) >= 1
-    plugin = create_ort_plugin_session(plugin_model)
-    names = [o.name for o in plain.get_outputs()]
-    assert names == [o.name for o in plugin.get_outputs()] and names[0] == "logits"
+    native = OrtBackend(exports["plugin"], plugins=ort_ops_library)
+    inlined = OrtBackend(exports["plugin"])
+    assert plain.output_names == native.output_names and plain.output_names[0] == "logits"
     rng = np.random.default_rng(5)
-    k_input = next(i for i in plain.get_inputs() if i.name != "images")
+    k_input = next(name for name in plain.input_names if name != "images")
     for k in (40, 17, 3):
-        feed = {"images": rng.standard_normal((3, 3, 32, 32)).astype(np.float32),
-                k_input.name: np.zeros(k, np.float32)}
-        ref, got = plain.run(None, feed), plugin.run(None, feed)
-        assert float(np.abs(ref[0] - got[0]).max()) <= 1e-5
-        for name, a, b in zip(names[1:], ref[1:], got[1:]):
-            np.testing.assert_array_equal(a, b, err_msg=f"{name} differs at K={k}")
+        feed = {"images": rng.standard_normal((3, 3, 32, 32)).astype(np.float32), k_input: np.zeros(k, np.float32)}
+        ref = plain.run(feed)
+        for got in (native.run(feed), inlined.run(feed)):
+            assert float(np.abs(ref["logits"] - got["logits"]).max()) <= 1e-5
+            for name in plain.output_names[1:]:
+                np.testing.assert_array_equal(ref[name], got[name], err_msg=f"{name} differs at K={k}")
+
+
+def test_op_errors_are_named(ort_ops_library: str) -> None:
+    model = _plugin_model("paper", with_function=False)
+    next(a for a in model.graph.node[1].attribute if a.name == "scheme").s = b"nearest"
+    with pytest.raises(Exception, match="unknown scheme 'nearest'; valid: paper, official"):
+        _session(model, ort_ops_library)
+    session = _session(_plugin_model("paper", with_function=False), ort_ops_library)
+    feed = {"x": np.ones((2, 5), np.float32), "valid_in": np.ones((2, 6), bool),
+            "k_like": np.zeros(3, np.float32), "token_ids": np.zeros((2, 6), np.float32)}
+    with pytest.raises(Exception, match=r"need scores \[B, N\], valid \[B, N\]"):
+        session.run(None, feed)
+
+
+def test_backend_plugins_argument(tiny_exports, tmp_path) -> None:
+    with pytest.raises(UsageError, match="--plugins '.*missing.so' does not exist"):
+        OrtBackend(tiny_exports["plugin"], plugins=tmp_path / "missing.so")
+    not_a_library = tmp_path / "text.so"
+    not_a_library.write_text("not a library")
+    with pytest.raises(ModelFileError, match="is not an ONNX Runtime op library"):
+        OrtBackend(tiny_exports["plugin"], plugins=not_a_library)
+
+
+def _fake_deb(files: dict[str, bytes]) -> bytes:
+    """A .deb-shaped ar archive whose data.tar.xz holds ``files``."""
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w:xz") as tar:
+        for name, body in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    blob = b"!<arch>\n"
+    for name, body in ((b"debian-binary", b"2.0\n"), (b"data.tar.xz", tar_bytes.getvalue())):
+        blob += name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8)
+        blob += str(len(body)).encode().ljust(10) + b"`\n" + body + (b"\n" if len(body) % 2 else b"")
+    return blob
+
+
+def test_fetch_headers_checks_hash_and_keeps_only_headers(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TSCLI_CACHE", str(tmp_path / "cache"))
+    deb = tmp_path / "pkg.deb"
+    deb.write_bytes(_fake_deb({"./usr/include/onnxruntime/onnxruntime_c_api.h": b"// api\n",
+                               "./usr/include/onnxruntime/core/providers/resource.h": b"// r\n",
+                               "./usr/lib/libonnxruntime.so": b"ELF",
+                               "./usr/include/onnxruntime/../../../etc/evil.h": b"x"}))
+    url = deb.as_uri()
+    with pytest.raises(TscliError, match="has SHA-256 .*, expected 00; not using it"):
+        ort_ops.fetch_ort_headers(url, "00")
+    assert not ort_ops.fetched_headers_dir().exists()  # nothing half-written
+    folder = ort_ops.fetch_ort_headers(url, hashlib.sha256(deb.read_bytes()).hexdigest())
+    found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert found == ["core/providers/resource.h", "onnxruntime_c_api.h"]
+    assert ort_ops.find_ort_headers() == folder
+    with pytest.raises(TscliError, match="has no onnxruntime_c_api.h"):
+        ort_ops.find_ort_headers(tmp_path)

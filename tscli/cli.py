@@ -190,7 +190,7 @@ def run(
     backend: str = typer.Option("ort", "--backend", help="ort | trt (FILE is an engine) | ort-cuda | ort-trt."),
     xi: Optional[float] = typer.Option(None, "--xi", help="DoViT threshold 0..1 (default: the file's export value)."),
     out_dir: Path = typer.Option(Path("seg_out"), "--out-dir", help="Segmentation: where class maps and overlays go."),
-    plugins: Optional[Path] = typer.Option(None, "--plugins", help="trt: libtscli_plugins.so for an engine with plugins (default: $TSCLI_PLUGIN_PATH, else the library the engine was built with)."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="ort: tscli's ONNX Runtime op library for a plugin-form file (`python -m tscli.plugins.ort_ops` builds it). trt: libtscli_plugins.so for an engine with plugins (default: $TSCLI_PLUGIN_PATH, else the library the engine was built with)."),
 ):
     """Run images through an exported model: predictions and kept tokens per stage."""
     from .data.samples import images_in
@@ -332,6 +332,7 @@ def bench(
     graphs_dir: Optional[Path] = typer.Option(None, "--graphs-dir", help="Keep/reuse the exported reference graphs here."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable report (schema tscli.bench/1)."),
     xi: Optional[List[str]] = typer.Option(None, "--xi", help="DoViT files: thresholds to time (default: the export value)."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="Plugin-form FILE: tscli's ONNX Runtime op library (`python -m tscli.plugins.ort_ops` builds it)."),
 ):
     """Latency per (K, batch) vs the dense baseline and the ideal bound, interleaved so drift cancels."""
     from .export import contract as C
@@ -340,8 +341,8 @@ def bench(
 
     # Only the family is needed here: one plain session, not a runner (which would pin a K).
     if C.decode_metadata(OrtBackend(file, threads=1).metadata_props).get("family") in ("dovit", "seg"):
-        if k or ideal or no_dense:
-            raise UsageError("--k/--ideal/--no-dense apply to ATS files; this is a segmentation file (use --xi)")
+        if k or ideal or no_dense or plugins:
+            raise UsageError("--k/--ideal/--no-dense/--plugins apply to ATS files; this is a segmentation file (use --xi)")
         from .runtime.segmentation import bench_seg
 
         with _status("benchmarking") as status:
@@ -354,7 +355,7 @@ def bench(
     with _status("benchmarking") as status:
         report = run_bench(file, _parse_ints(k, "--k") or None, _parse_ints(batch, "--batch"), backend, threads, runs, warmup,
                            baseline, ideal, not no_dense, str(checkpoint) if checkpoint else None, graphs_dir,
-                           progress=lambda msg: status.update(msg))
+                           progress=lambda msg: status.update(msg), plugins=plugins)
     if as_json:
         out.print_json(json.dumps(report))
     else:

@@ -51,6 +51,7 @@ class Graph:
     meta: dict
     path: str
     threads: int | None = None
+    plugins: str | None = None  # ORT op library for a plugin-form file
     samples: dict = field(default_factory=dict)  # (k, batch) -> [seconds]
     sessions: dict = field(default_factory=dict)  # k -> OrtBackend with K pinned
 
@@ -58,13 +59,14 @@ class Graph:
         if k is None or self.name == "dense":
             return self.backend
         if k not in self.sessions:
-            self.sessions[k] = OrtBackend(self.path, threads=self.threads, fixed_dims={C.DIM_K: k}, stop_spinning=True)
+            self.sessions[k] = OrtBackend(self.path, threads=self.threads, fixed_dims={C.DIM_K: k}, stop_spinning=True,
+                                          plugins=self.plugins)
         return self.sessions[k]
 
 
-def _open(path: str | Path, threads: int | None, name: str) -> Graph:
-    backend = OrtBackend(path, threads=threads, stop_spinning=True)
-    return Graph(name, backend, C.decode_metadata(backend.metadata_props), str(path), threads)
+def _open(path: str | Path, threads: int | None, name: str, plugins: str | None = None) -> Graph:
+    backend = OrtBackend(path, threads=threads, stop_spinning=True, plugins=plugins)
+    return Graph(name, backend, C.decode_metadata(backend.metadata_props), str(path), threads, plugins)
 
 
 def check_ks(meta: dict, ks: list[int] | None) -> list[int]:
@@ -192,7 +194,8 @@ def report_rows(graphs: list[Graph], ks: list[int], batches: list[int], counts: 
 def bench(path: str | Path, ks: list[int] | None = None, batches: list[int] | None = None, backend: str = "ort",
           threads: int | None = None, runs: int = 10, warmup: int = 2, baseline: str | Path | None = None,
           ideal: bool = False, dense: bool = True, checkpoint: str | None = None, graphs_dir: str | Path | None = None,
-          progress: Callable[[str], None] = lambda m: None) -> dict:
+          progress: Callable[[str], None] = lambda m: None, plugins: str | Path | None = None) -> dict:
+    """``plugins``: the ORT op library for a plugin-form FILE (only FILE uses it)."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if runs < 1 or warmup < 0:
@@ -200,7 +203,7 @@ def bench(path: str | Path, ks: list[int] | None = None, batches: list[int] | No
     batches = batches or [1, 8]
     if any(b < 1 for b in batches):
         raise UsageError(f"bad --batch {batches}; batch sizes must be >= 1")
-    ats = _open(path, threads, "ats")
+    ats = _open(path, threads, "ats", str(plugins) if plugins is not None else None)
     ks = check_ks(ats.meta, ks)
     graphs = [ats]
     with tempfile.TemporaryDirectory(prefix="tscli-bench-") as tmp:
@@ -217,6 +220,7 @@ def bench(path: str | Path, ks: list[int] | None = None, batches: list[int] | No
     return {
         "schema": SCHEMA, "file": str(path), "model": ats.meta.get("model"), "mode": ats.meta.get("mode", "padded"),
         "backend": backend, "provider": ats.backend.provider, "threads": threads, "runs": runs, "warmup": warmup,
+        "form": ats.meta.get("form", "plain"), "plugins": ats.plugins,
         "baseline": str(baseline) if baseline is not None else ("exported" if "dense" in by else None),
         "ideal": "exported" if ideal else None,
         "rows": report_rows(graphs, ks, batches, counts),

@@ -14,8 +14,13 @@ class OrtBackend:
     name = "ort"
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list | None = None,
-                 fixed_dims: dict[str, int] | None = None, stop_spinning: bool = False):
-        """``fixed_dims`` pins named dynamic dimensions (e.g. {"K": 96}) for this session: ORT then
+                 fixed_dims: dict[str, int] | None = None, stop_spinning: bool = False,
+                 plugins: str | Path | None = None):
+        """``plugins``: tscli's ONNX Runtime op library (tscli/plugins/ort_ops.py builds it). A
+        plugin-form file then runs each sampling step as one native op; without it ORT runs the
+        op's standard-operator body (the file's local function), which gives the same result.
+
+        ``fixed_dims`` pins named dynamic dimensions (e.g. {"K": 96}) for this session: ORT then
         plans memory and folds shape arithmetic for that size (K is fixed at load anyway).
 
         ``stop_spinning``: the pool's workers stop spinning as soon as a run returns. For benchmarks
@@ -34,6 +39,17 @@ class OrtBackend:
             opts.inter_op_num_threads = 1
         if stop_spinning:
             opts.add_session_config_entry("session.force_spinning_stop", "1")
+        if plugins is not None:
+            library = Path(plugins)
+            if not library.is_file():
+                raise UsageError(f"--plugins {str(library)!r} does not exist; give the path that "
+                                 "`python -m tscli.plugins.ort_ops` prints")
+            try:
+                opts.register_custom_ops_library(str(library))
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelFileError(f"--plugins {str(library)!r} is not an ONNX Runtime op library: {first[:200]}") from None
+        self.plugins = str(plugins) if plugins is not None else None
         for dim, value in (fixed_dims or {}).items():
             opts.add_free_dimension_override_by_name(dim, int(value))
         self.fixed_dims = dict(fixed_dims or {})

@@ -114,11 +114,13 @@ def load(path: str | Path, k: int | str | None = None, backend: str = "ort", thr
          xi: float | None = None, profiles: str | Path | None = None, plugins: str | Path | None = None) -> Runner:
     """Open an exported model. k=None means max_k; k="auto" takes K from the device profile that
     matches this device (runtime/profiles.py; ``profiles`` = the store, default next to the
-    model); xi=None means the file's default (DoViT). backend: one of BACKENDS. ``plugins`` (trt
-    only): the TensorRT plugin library for an engine with plugin layers (default:
-    $TSCLI_PLUGIN_PATH, else the library the engine's manifest records)."""
-    if plugins is not None and backend != "trt":
-        raise UsageError(f"--plugins applies to the trt backend; --backend is {backend!r}")
+    model); xi=None means the file's default (DoViT). backend: one of BACKENDS. ``plugins``: with
+    ort, tscli's ONNX Runtime op library, so that a plugin-form file runs each sampling step as
+    one native op (tscli/plugins/ort_ops.py builds it); with trt, the TensorRT plugin library for
+    an engine with plugin layers (default: $TSCLI_PLUGIN_PATH, else the library the engine's
+    manifest records)."""
+    if plugins is not None and backend not in ("ort", "trt"):
+        raise UsageError(f"--plugins applies to the ort and trt backends; --backend is {backend!r}")
     if isinstance(k, str) and k != "auto":
         raise UsageError(f"K={k!r} is invalid; give an integer or 'auto'")
     if backend == "ort":
@@ -128,7 +130,8 @@ def load(path: str | Path, k: int | str | None = None, backend: str = "ort", thr
         # plans for that K: measured about 2 % faster at batch 1). A K known only from the file
         # (default max_k, or "auto") costs a second session creation (~0.3 s for DeiT-S).
         given = isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
-        ort_backend = OrtBackend(path, threads=threads, fixed_dims={C.DIM_K: int(k)} if given else None)
+        ort_backend = OrtBackend(path, threads=threads, fixed_dims={C.DIM_K: int(k)} if given else None,
+                                 plugins=plugins)
         profile = None
         if k == "auto":
             from .profiles import auto_k
@@ -136,7 +139,7 @@ def load(path: str | Path, k: int | str | None = None, backend: str = "ort", thr
             k, profile = auto_k(path, C.decode_metadata(ort_backend.metadata_props), "ort", ort_backend.provider, profiles)
         runner = Runner(ort_backend, k, xi)
         if runner.k is not None and not given:
-            runner.backend = OrtBackend(path, threads=threads, fixed_dims={C.DIM_K: runner.k})
+            runner.backend = OrtBackend(path, threads=threads, fixed_dims={C.DIM_K: runner.k}, plugins=plugins)
         runner.profile = profile  # the device profile K came from (k="auto"), else None
         return runner
     if k == "auto":

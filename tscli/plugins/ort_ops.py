@@ -1,0 +1,144 @@
+"""The native ONNX Runtime op library (csrc/ats_ort_ops.cpp): tscli.ATSSample on the CPU.
+
+With it, a plugin-form file runs in ONNX Runtime with one op per sampling step instead of the
+~50 standard operators of its body (the plain form, or the function ORT inlines without it).
+It is compiled on first use like the CPU core (core.compile_library), against ONNX Runtime's C
+API headers, which the onnxruntime wheel does not ship. They are taken from, in this order:
+
+1. ``include_dir`` / $TSCLI_ORT_INCLUDE: a folder holding onnxruntime_c_api.h (the include/
+   folder of an ONNX Runtime release archive, or /usr/include/onnxruntime);
+2. headers fetched earlier into the cache (``fetch_ort_headers``).
+
+``fetch_ort_headers`` downloads Debian's libonnxruntime-dev package (85 KB, from the Debian
+archive, checked against a pinned SHA-256) and keeps only its headers. The headers describe the
+C API table and nothing else: the library never links against libonnxruntime and asks the
+running ORT for API version 16, so it works with any ONNX Runtime >= 1.16 (the headers' own
+version does not matter as long as it is at least that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import io
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from tscli.errors import MissingDependency, TscliError
+from tscli.plugins.core import cache_dir, compile_library
+
+ORT_SOURCES = ("ats_sampling_core.h", "ats_sampling_fast.h", "ats_ort_ops.cpp")
+ABI_VERSION = 1
+HEADER = "onnxruntime_c_api.h"
+DEB_URL = "http://deb.debian.org/debian/pool/main/o/onnxruntime/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb"
+DEB_SHA256 = "14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08"
+_DEB_INCLUDE = "usr/include/onnxruntime/"
+_FETCH_HINT = ("run `python -m tscli.plugins.ort_ops --fetch-headers` (downloads Debian's libonnxruntime-dev, "
+               "85 KB), or set TSCLI_ORT_INCLUDE to the include/ folder of an ONNX Runtime release")
+
+
+def fetched_headers_dir() -> Path:
+    return cache_dir() / "ort-include"
+
+
+def find_ort_headers(include_dir: str | Path | None = None) -> Path:
+    """The folder holding onnxruntime_c_api.h (see the module docstring for the order)."""
+    given = include_dir or os.environ.get("TSCLI_ORT_INCLUDE")
+    if given:
+        folder = Path(given)
+        if not (folder / HEADER).is_file():
+            raise MissingDependency(f"{str(folder)!r} has no {HEADER}; give the folder that holds it")
+        return folder
+    folder = fetched_headers_dir()
+    if (folder / HEADER).is_file():
+        return folder
+    raise MissingDependency(f"ONNX Runtime's C API headers are needed to build the tscli ORT op: {_FETCH_HINT}")
+
+
+def _ar_members(blob: bytes) -> dict[str, bytes]:
+    """Members of a Unix ar archive (the container of a .deb)."""
+    if not blob.startswith(b"!<arch>\n"):
+        raise TscliError("the downloaded package is not a Debian archive")
+    members, pos = {}, 8
+    while pos + 60 <= len(blob):
+        header = blob[pos:pos + 60]
+        name = header[:16].decode().strip().rstrip("/")
+        size = int(header[48:58].decode().strip())
+        members[name] = blob[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size % 2)  # members are 2-byte aligned
+    return members
+
+
+def fetch_ort_headers(url: str = DEB_URL, sha256: str = DEB_SHA256) -> Path:
+    """Download libonnxruntime-dev, check its SHA-256, unpack its headers into the cache."""
+    target = fetched_headers_dir()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            blob = response.read()
+    except OSError as exc:
+        raise TscliError(f"could not download {url}: {exc}; set TSCLI_ORT_INCLUDE to local headers instead") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != sha256:
+        raise TscliError(f"{url} has SHA-256 {digest}, expected {sha256}; not using it")
+    data = next((body for name, body in _ar_members(blob).items() if name.startswith("data.tar")), None)
+    if data is None:
+        raise TscliError(f"{url} holds no data.tar member")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Unpack beside the target and rename, so a reader never sees half the headers.
+    staging = Path(tempfile.mkdtemp(prefix=".ort-include-", dir=target.parent))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                name = member.name.removeprefix("./")
+                if not (member.isfile() and name.startswith(_DEB_INCLUDE) and name.endswith(".h")):
+                    continue
+                relative = Path(name[len(_DEB_INCLUDE):])
+                if ".." in relative.parts:
+                    continue
+                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                (staging / relative).write_bytes(tar.extractfile(member).read())
+        if not (staging / HEADER).is_file():
+            raise TscliError(f"{url} holds no {HEADER}")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+def build_ort_ops(include_dir: str | Path | None = None, force: bool = False) -> Path:
+    """Compile csrc/ats_ort_ops.cpp (cached by sources, headers and flags); return the .so path."""
+    headers = find_ort_headers(include_dir)
+    library = compile_library("libtscli_ort_ops", (*ORT_SOURCES, (headers / HEADER).resolve()), "ats_ort_ops.cpp",
+                              extra_flags=(f"-I{headers}",), force=force)
+    abi = ctypes.CDLL(str(library)).tscli_ort_ops_abi_version()
+    if abi != ABI_VERSION:
+        raise TscliError(f"{library} has ABI {abi}, expected {ABI_VERSION}; delete it")
+    return library
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tscli.plugins.ort_ops", description=__doc__.splitlines()[0])
+    parser.add_argument("--fetch-headers", action="store_true", help="download the C API headers first")
+    parser.add_argument("--include", default=None, help="folder holding onnxruntime_c_api.h")
+    args = parser.parse_args(argv)
+    try:
+        if args.fetch_headers:
+            print(f"headers: {fetch_ort_headers()}")
+        print(f"ort ops: {build_ort_ops(args.include)}")
+    except TscliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
