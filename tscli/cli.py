@@ -259,14 +259,15 @@ def parity(
     backend: str = typer.Option("ort", "--backend", help="ort | trt (FILE is an engine) | ort-cuda | ort-trt."),
     xi: Optional[List[str]] = typer.Option(None, "--xi", help="DoViT thresholds to check (repeat or comma list). "
                                            "Default: the export value, 1.0 and the median first-decision confidence."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="Plugin-form FILE: the op library to run it with (ort: tscli's ORT ops, see `tscli run --help`; trt: libtscli_plugins.so)."),
 ):
     """Compare ONNX Runtime with the PyTorch model the file was exported from."""
     from .export.parity_cmd import parity_for_file
     from .runtime import load
 
-    seg = load(file, backend=backend, threads=threads).meta.get("family") in ("dovit", "seg")
-    if seg and k:
-        raise UsageError("--k applies to ATS files; this is a segmentation file (use --xi)")
+    seg = load(file, backend=backend, threads=threads, plugins=plugins).meta.get("family") in ("dovit", "seg")
+    if seg and (k or plugins):
+        raise UsageError("--k/--plugins apply to ATS files; this is a segmentation file (use --xi)")
     if xi and not seg:
         raise UsageError("--xi applies to DoViT segmentation files")
     with _status("running parity"):
@@ -275,7 +276,7 @@ def parity(
 
             report = seg_parity_for_file(file, checkpoint, images, n, _parse_floats(xi, "--xi"), threads)
         else:
-            report = parity_for_file(file, checkpoint, images, n, _parse_ks(k), threads, backend)
+            report = parity_for_file(file, checkpoint, images, n, _parse_ks(k), threads, backend, plugins)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     elif seg:

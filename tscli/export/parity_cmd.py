@@ -27,13 +27,15 @@ def parity_inputs(meta: dict, images: Path | None, n: int, seed: int = 0) -> np.
 
 
 def parity_for_file(path: Path, checkpoint: Path | None, images: Path | None, n: int, ks: list[int] | None,
-                    threads: int | None, backend: str = "ort") -> ParityReport:
-    probe = load(path, backend=backend, threads=threads)  # validates the file and reads its metadata
+                    threads: int | None, backend: str = "ort", plugins: Path | None = None) -> ParityReport:
+    """``plugins``: the op library a plugin-form file runs with (ort: tscli's ORT ops; trt: the
+    TensorRT plugins), so that what is compared is what will be deployed."""
+    probe = load(path, backend=backend, threads=threads, plugins=plugins)  # validates the file and reads its metadata
     meta = probe.meta
     if ks is None:
         ks = [None] if probe.k is None else sorted({probe.k, max(1, probe.k // 2)}, reverse=True)
     for k in ks:  # fail on a bad K before the slow part
-        load(path, k=k, backend=backend, threads=threads)
+        load(path, k=k, backend=backend, threads=threads, plugins=plugins)
     built = build_from_metadata(meta, str(checkpoint) if checkpoint else None)
     x = parity_inputs(meta, images, n)
-    return run_parity(lambda k: load(path, k=k, backend=backend, threads=threads), built, x, ks)
+    return run_parity(lambda k: load(path, k=k, backend=backend, threads=threads, plugins=plugins), built, x, ks)
