@@ -88,3 +88,13 @@ def test_selftest_comparison_thresholds():
     assert not compare_outputs(ref, far, 32).ok
     counts = {"logits": ref["logits"], "kept_counts": ref["kept_counts"] + np.array([[0, 1], [0, 0]])}
     assert not compare_outputs(ref, counts, 32).ok
+
+
+def test_doctor_ort_op_library_line(ort_ops_library, tmp_path, monkeypatch):
+    from tscli.runtime.doctor import INFO, OK, check_ort_ops
+
+    check = check_ort_ops()  # headers are present (the fixture made sure): built and registered
+    assert check.status == OK and ort_ops_library in check.detail
+    monkeypatch.setenv("TSCLI_ORT_INCLUDE", str(tmp_path))  # a folder without the headers
+    check = check_ort_ops()
+    assert check.status == INFO and "--fetch-headers" in check.fix

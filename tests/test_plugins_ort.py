@@ -178,3 +178,35 @@ def test_fetch_headers_checks_hash_and_keeps_only_headers(tmp_path, monkeypatch)
     assert ort_ops.find_ort_headers() == folder
     with pytest.raises(TscliError, match="has no onnxruntime_c_api.h"):
         ort_ops.find_ort_headers(tmp_path)
+
+
+def test_run_bench_and_parity_take_the_library(tiny_exports, ort_ops_library, tmp_path) -> None:
+    """run --plugins predicts what the file's own body predicts; bench opens every timed session
+    with the library and says so; parity --plugins checks the native op against PyTorch."""
+    import json
+    import subprocess
+    import sys
+
+    from tscli.data.samples import write_samples
+    from tscli.runtime.bench import _open, bench
+
+    def tscli(*args):
+        return subprocess.run([sys.executable, "-m", "tscli.cli", *map(str, args)], capture_output=True, text=True)
+
+    write_samples(tmp_path / "imgs", 2)
+    plugin = tiny_exports["plugin"]
+    native = tscli("run", plugin, tmp_path / "imgs", "--k", "8", "--json", "--plugins", ort_ops_library)
+    body = tscli("run", plugin, tmp_path / "imgs", "--k", "8", "--json")
+    assert native.returncode == 0 and body.returncode == 0, native.stderr + body.stderr
+    got, ref = json.loads(native.stdout)["predictions"], json.loads(body.stdout)["predictions"]
+    assert [(p["label"], p["kept_counts"]) for p in got] == [(p["label"], p["kept_counts"]) for p in ref]
+    assert all(abs(a["score"] - b["score"]) <= 1e-5 for a, b in zip(got, ref))
+
+    report = bench(plugin, ks=[8], batches=[1], runs=1, warmup=0, baseline=tiny_exports["dense"],
+                   plugins=ort_ops_library)
+    assert report["form"] == "plugin" and report["plugins"] == ort_ops_library
+    assert _open(plugin, 1, "ats", ort_ops_library).session(8).plugins == ort_ops_library
+
+    parity = tscli("parity", plugin, "--n", "2", "--k", "8", "--json", "--plugins", ort_ops_library)
+    assert parity.returncode == 0, parity.stderr
+    assert json.loads(parity.stdout)["ok"] is True

@@ -176,6 +176,9 @@ def inspect(
         out.print("operators: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
         lint = info["lint"]
         out.print(f"lint: {'ok' if lint['ok'] else 'FAILED'}" + "".join(f"\n  {f}" for f in lint["findings"]))
+    if info["metadata"].get("form") == "plugin":
+        out.print("plugin form: TensorRT runs tscli.ATSSample as a plugin; ONNX Runtime runs it natively with "
+                  "--plugins LIB (`python -m tscli.plugins.ort_ops` builds LIB), else its standard-op body")
 
 
 @app.command()

@@ -171,6 +171,29 @@ def check_plugins(trt) -> Check:
     return Check("plugin library", OK, f"{lib} ({PLUGIN_NAMESPACE}::{SAMPLE_PLUGIN} v{PLUGIN_VERSION} registered)")
 
 
+def check_ort_ops() -> Check:
+    """tscli's ONNX Runtime op library: built (or found built) and registered in a session options."""
+    from ..errors import TscliError
+    from ..plugins.ort_ops import build_ort_ops, find_ort_headers
+
+    name = "ORT op library"
+    fetch = "python -m tscli.plugins.ort_ops --fetch-headers"
+    try:
+        find_ort_headers()
+    except TscliError:
+        return Check(name, INFO, "ONNX Runtime's C API headers not found (the library is built from them)",
+                     f"only plugin-form files on the ort backend use it: {fetch}")
+    try:
+        lib = build_ort_ops()
+        import onnxruntime as ort
+
+        ort.SessionOptions().register_custom_ops_library(str(lib))
+    except Exception as exc:  # a failing probe is a line, never a crash
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return Check(name, WARN, first[:300], "python -m tscli.plugins.ort_ops shows the whole build")
+    return Check(name, OK, f"{lib} (tscli::ATSSample on the CPU provider; tscli run ... --plugins {lib.name})")
+
+
 def check_tools() -> Check:
     found = {tool: shutil.which(tool) for tool in ("cmake", "nvcc")}
     missing = [t for t, p in found.items() if p is None]
@@ -189,7 +212,7 @@ def run_doctor() -> list[Check]:
     trt_check, trt = check_tensorrt()
     checks += [trt_check, check_cuda_bindings()]
     checks += check_gpu()
-    checks += [check_jetson(), check_plugins(trt), check_tools()]
+    checks += [check_jetson(), check_plugins(trt), check_ort_ops(), check_tools()]
     return checks
 
 
