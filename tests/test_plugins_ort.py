@@ -181,8 +181,8 @@ def test_fetch_headers_checks_hash_and_keeps_only_headers(tmp_path, monkeypatch)
 
 
 def test_run_bench_and_parity_take_the_library(tiny_exports, ort_ops_library, tmp_path) -> None:
-    """run --plugins predicts what the file's own body predicts; bench opens every timed session
-    with the library and says so; parity --plugins checks the native op against PyTorch."""
+    """run --plugins predicts what the file's own body predicts; bench and tune open every timed
+    session with the library and say so; parity --plugins checks the native op against PyTorch."""
     import json
     import subprocess
     import sys
@@ -210,3 +210,13 @@ def test_run_bench_and_parity_take_the_library(tiny_exports, ort_ops_library, tm
     parity = tscli("parity", plugin, "--n", "2", "--k", "8", "--json", "--plugins", ort_ops_library)
     assert parity.returncode == 0, parity.stderr
     assert json.loads(parity.stdout)["ok"] is True
+
+    from tscli.runtime import load
+    from tscli.runtime.tune import tune
+
+    store = tmp_path / "profiles.json"
+    tuned = tune(plugin, tmp_path / "imgs", budget_ms=1e4, k_grid=[8, 4], runs=1, output=store,
+                 plugins=ort_ops_library)
+    assert tuned["plugins"] == ort_ops_library and tuned["accuracy_kind"] == "agreement"
+    assert "with the ORT op library libtscli_ort_ops" in store.with_suffix(".md").read_text()
+    assert load(plugin, k="auto", profiles=store, plugins=ort_ops_library).k == tuned["chosen_k"]

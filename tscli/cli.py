@@ -484,13 +484,14 @@ def tune(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most N images (a fixed subset)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Profile store (default: MODEL.profiles.json next to the file); .md and .png go beside it."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable report (schema tscli.tune/1)."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="Plugin-form FILE: tscli's ONNX Runtime op library to time it with (as deployed)."),
 ):
     """Sweep K on this device: latency and accuracy, choose K, write a device profile for --k auto."""
     from .runtime.tune import tune as run_tune
 
     with _status("tuning") as status:
         report = run_tune(file, data, labels, budget_ms, max_drop, _parse_ints(k_grid, "--k-grid") or None, batch, threads,
-                          runs, 2, limit, output, progress=lambda msg: status.update(msg))
+                          runs, 2, limit, output, progress=lambda msg: status.update(msg), plugins=plugins)
     if as_json:
         out.print_json(json.dumps(report))
         return

@@ -14,7 +14,8 @@ Outputs: the profile (runtime/profiles.py; merged into the store), ``<stem>.md``
 ``<stem>.png`` (accuracy and latency vs K) next to the store. JSON report schema ``tscli.tune/1``:
 {"schema", "file", "model", "data", "labels", "images", "batch", "runs", "fingerprint",
  "objective", "chosen_k", "accuracy_kind", "table": [{"k", "median_ms", "p90_ms", "accuracy",
- "gflops"}], "profile_store", "markdown", "plot"}.
+ "gflops"}], "plugins", "profile_store", "markdown", "plot"}; "plugins" is the ORT op library a
+plugin-form file was timed with, or null.
 """
 
 from __future__ import annotations
@@ -81,12 +82,13 @@ def _predict(backend: OrtBackend, x: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 
 def _latency(path: str | Path, threads: int | None, x: np.ndarray, ks: list[int], runs: int, warmup: int,
-             progress) -> dict[int, list[float]]:
+             progress, plugins: str | Path | None = None) -> dict[int, list[float]]:
     """Median-ready samples per K. Each K runs in its own session with K pinned, as
     ``runtime.load(FILE, k)`` runs it (a few per cent faster at batch 1 than a free K), and with
     spinning stopped between runs so the sessions do not slow each other (see bench.py)."""
     progress(f"opening {len(ks)} sessions (one per K, K pinned)")
-    sessions = {k: OrtBackend(path, threads=threads, fixed_dims={C.DIM_K: k}, stop_spinning=True) for k in ks}
+    sessions = {k: OrtBackend(path, threads=threads, fixed_dims={C.DIM_K: k}, stop_spinning=True, plugins=plugins)
+                for k in ks}
     times: dict[int, list[float]] = {k: [] for k in ks}
     feeds = {k: {C.INPUT_IMAGES: x, C.INPUT_K: np.zeros(k, np.float32)} for k in ks}
     for _ in range(warmup):
@@ -140,9 +142,11 @@ def choose(table: list[dict], budget_ms: float | None, max_drop: float | None,
 
 def measure(path: str | Path, data: str | Path, labels: str = "auto", k_grid: list[int] | None = None, batch: int = 1,
             threads: int | None = None, runs: int = 10, warmup: int = 2, limit: int | None = None,
-            progress: Callable[[str], None] = lambda m: None) -> tuple[dict, OrtBackend, list[dict], dict, str, int]:
-    """-> (metadata, session, table, reference {"k": max_k, "accuracy"}, accuracy kind, images)."""
-    backend = OrtBackend(path, threads=threads)
+            progress: Callable[[str], None] = lambda m: None,
+            plugins: str | Path | None = None) -> tuple[dict, OrtBackend, list[dict], dict, str, int]:
+    """-> (metadata, session, table, reference {"k": max_k, "accuracy"}, accuracy kind, images).
+    ``plugins``: the ORT op library a plugin-form file is deployed with (timed and evaluated with it)."""
+    backend = OrtBackend(path, threads=threads, plugins=plugins)
     meta = C.decode_metadata(backend.metadata_props)
     if meta.get("family") != "ats" or not meta.get("max_k"):
         raise UsageError(f"tune sweeps K of an ATS file; {str(path)!r} is {meta.get('family')!r}")
@@ -161,7 +165,7 @@ def measure(path: str | Path, data: str | Path, labels: str = "auto", k_grid: li
     # max_k is always measured: it is the reference of --max-drop, and of agreement without labels.
     preds = {k: _predict(backend, x, k) for k in sorted(set(ks) | {max_k}, reverse=True)}
     truth = y if y is not None else preds[max_k][0]
-    times = _latency(path, threads, x[:batch], ks, runs, warmup, progress)
+    times = _latency(path, threads, x[:batch], ks, runs, warmup, progress, plugins)
     arch = F.arch_from_meta(meta)
     table = []
     for k in ks:
@@ -179,7 +183,8 @@ def markdown(report: dict) -> str:
     lines = [f"# tscli tune: {report['model']} on this device", "",
              f"- device: {P.describe(fp)} (onnxruntime {fp.get('onnxruntime')}, numpy {fp.get('numpy')})",
              f"- data: {report['data']} ({report['images']} images, accuracy = {acc})",
-             f"- latency: batch {report['batch']}, median/p90 of {report['runs']} interleaved rounds",
+             f"- latency: batch {report['batch']}, median/p90 of {report['runs']} interleaved rounds"
+             + (f", with the ORT op library {Path(report['plugins']).name}" if report.get("plugins") else ""),
              f"- objective: {report['objective']}; **chosen K = {report['chosen_k']}**", "",
              "| K | median ms | p90 ms | accuracy | GFLOPs |", "|---:|---:|---:|---:|---:|"]
     for r in report["table"]:
@@ -220,22 +225,24 @@ def plot(report: dict, path: Path) -> Path:
 def tune(path: str | Path, data: str | Path, labels: str = "auto", budget_ms: float | None = None,
          max_drop: float | None = None, k_grid: list[int] | None = None, batch: int = 1, threads: int | None = None,
          runs: int = 10, warmup: int = 2, limit: int | None = None, output: str | Path | None = None,
-         progress: Callable[[str], None] = lambda m: None) -> dict:
+         progress: Callable[[str], None] = lambda m: None, plugins: str | Path | None = None) -> dict:
     """Measure, choose K, and write the profile (+ .md and .png beside the store)."""
     check_objective(budget_ms, max_drop)
     store = Path(output) if output else P.default_store(path)
     if not store.parent.is_dir():
         raise UsageError(f"output folder {str(store.parent)!r} does not exist")
     meta, backend, table, reference, kind, n = measure(path, data, labels, k_grid, batch, threads, runs, warmup,
-                                                       limit, progress)
+                                                       limit, progress, plugins)
     chosen, objective = choose(table, budget_ms, max_drop, reference)  # raises before anything is written
     fp = P.fingerprint("ort", backend.provider)
     profile = {"fingerprint": fp, "model": P.model_identity(meta), "chosen_k": chosen, "batch": batch,
                "objective": objective, "accuracy_kind": kind, "table": table,
+               "plugins": str(plugins) if plugins is not None else None,
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     report = {"schema": SCHEMA, "file": str(path), "model": meta.get("model"), "data": str(data), "labels": labels,
               "images": n, "batch": batch, "runs": runs, "fingerprint": fp, "objective": objective,
-              "chosen_k": chosen, "accuracy_kind": kind, "table": table}
+              "chosen_k": chosen, "accuracy_kind": kind, "table": table,
+              "plugins": str(plugins) if plugins is not None else None}
     P.add_profile(store, profile)
     md = store.with_suffix(".md")
     with atomic_path(md, suffix=".md") as tmp:
