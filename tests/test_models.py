@@ -9,7 +9,9 @@ from tscli.errors import CheckpointError, UsageError
 from tscli.models.build import build_model
 from tscli.models.registry import get_config, list_models, parse_stages
 
-TOL = 1e-4  # logits, fp32
+# Logits, fp32. Measured: padded vs trimmed <= 5e-8 (tiny_ats), alone vs in a batch <= 2e-7
+# (deit_t_ats): the two executions do the same arithmetic on the kept rows up to summation order.
+TOL = 2e-6
 
 
 def _run(model, x, k, execution="padded"):

@@ -30,12 +30,14 @@ def parity_for_file(path: Path, checkpoint: Path | None, images: Path | None, n:
                     threads: int | None, backend: str = "ort", plugins: Path | None = None) -> ParityReport:
     """``plugins``: the op library a plugin-form file runs with (ort: tscli's ORT ops; trt: the
     TensorRT plugins), so that what is compared is what will be deployed."""
-    probe = load(path, backend=backend, threads=threads, plugins=plugins)  # validates the file and reads its metadata
+    probe = load(path, backend=backend, threads=threads, plugins=plugins)  # validates the file, reads metadata
     meta = probe.meta
     if ks is None:
         ks = [None] if probe.k is None else sorted({probe.k, max(1, probe.k // 2)}, reverse=True)
-    for k in ks:  # fail on a bad K before the slow part
-        load(path, k=k, backend=backend, threads=threads, plugins=plugins)
+    # One runner per K, opened (and so checked) before the slow part; the probe already is the
+    # max_k runner.
+    runners = {k: probe if k == probe.k else load(path, k=k, backend=backend, threads=threads, plugins=plugins)
+               for k in ks}
     built = build_from_metadata(meta, str(checkpoint) if checkpoint else None)
     x = parity_inputs(meta, images, n)
-    return run_parity(lambda k: load(path, k=k, backend=backend, threads=threads, plugins=plugins), built, x, ks)
+    return run_parity(runners.__getitem__, built, x, ks)
