@@ -97,4 +97,8 @@ def test_doctor_ort_op_library_line(ort_ops_library, tmp_path, monkeypatch):
     assert check.status == OK and ort_ops_library in check.detail
     monkeypatch.setenv("TSCLI_ORT_INCLUDE", str(tmp_path))  # a folder without the headers
     check = check_ort_ops()
+    assert check.status == INFO and str(tmp_path) in check.detail and "TSCLI_ORT_INCLUDE" in check.fix
+    monkeypatch.delenv("TSCLI_ORT_INCLUDE")
+    monkeypatch.setenv("TSCLI_CACHE", str(tmp_path / "empty-cache"))  # nothing fetched there
+    check = check_ort_ops()
     assert check.status == INFO and "--fetch-headers" in check.fix

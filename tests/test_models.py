@@ -9,9 +9,10 @@ from tscli.errors import CheckpointError, UsageError
 from tscli.models.build import build_model
 from tscli.models.registry import get_config, list_models, parse_stages
 
-# Logits, fp32. Measured: padded vs trimmed <= 5e-8 (tiny_ats), alone vs in a batch <= 2e-7
-# (deit_t_ats): the two executions do the same arithmetic on the kept rows up to summation order.
-TOL = 2e-6
+# Logits, fp32. Measured here: padded vs trimmed <= 5e-8 (tiny_ats), alone vs in a batch <= 2e-7
+# (deit_t_ats): the same arithmetic on the kept rows up to summation order, which other CPUs
+# (SIMD width, threads) may change; hence 50x headroom.
+TOL = 1e-5
 
 
 def _run(model, x, k, execution="padded"):

@@ -133,7 +133,7 @@ def test_op_errors_are_named(ort_ops_library: str) -> None:
     session = _session(_plugin_model("paper", with_function=False), ort_ops_library)
     feed = {"x": np.ones((2, 5), np.float32), "valid_in": np.ones((2, 6), bool),
             "k_like": np.zeros(3, np.float32), "token_ids": np.zeros((2, 6), np.float32)}
-    with pytest.raises(Exception, match=r"need scores \[B, N\], valid \[B, N\]"):
+    with pytest.raises(Exception, match=r"need scores \[B, N\], valid \[B, N\] and k_like \[K\]; got \[2, 5\], \[2, 6\]"):
         session.run(None, feed)
 
 
@@ -164,10 +164,12 @@ def _fake_deb(files: dict[str, bytes]) -> bytes:
 def test_fetch_headers_checks_hash_and_keeps_only_headers(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TSCLI_CACHE", str(tmp_path / "cache"))
     deb = tmp_path / "pkg.deb"
+    escape = tmp_path / "escaped.h"
     deb.write_bytes(_fake_deb({"./usr/include/onnxruntime/onnxruntime_c_api.h": b"// api\n",
                                "./usr/include/onnxruntime/core/providers/resource.h": b"// r\n",
                                "./usr/lib/libonnxruntime.so": b"ELF",
-                               "./usr/include/onnxruntime/../../../etc/evil.h": b"x"}))
+                               "./usr/include/onnxruntime/../../../evil.h": b"x",
+                               f"./usr/include/onnxruntime/{escape}": b"x"}))  # "...onnxruntime//tmp/..."
     url = deb.as_uri()
     with pytest.raises(TscliError, match="has SHA-256 .*, expected 00; not using it"):
         ort_ops.fetch_ort_headers(url, "00")
@@ -175,9 +177,46 @@ def test_fetch_headers_checks_hash_and_keeps_only_headers(tmp_path, monkeypatch)
     folder = ort_ops.fetch_ort_headers(url, hashlib.sha256(deb.read_bytes()).hexdigest())
     found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     assert found == ["core/providers/resource.h", "onnxruntime_c_api.h"]
+    # Nothing landed anywhere else: only the .deb and the cache's headers folder exist.
+    everything = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert everything == sorted(["pkg.deb"] + [str((folder / f).relative_to(tmp_path)) for f in found])
     assert ort_ops.find_ort_headers() == folder
+    again = ort_ops.fetch_ort_headers(url, hashlib.sha256(deb.read_bytes()).hexdigest())  # replaces in place
+    assert again == folder and (folder / "onnxruntime_c_api.h").is_file()
+    assert [p.name for p in folder.parent.iterdir()] == ["ort-include"]  # no staging or old folders left
     with pytest.raises(TscliError, match="has no onnxruntime_c_api.h"):
         ort_ops.find_ort_headers(tmp_path)
+
+
+def test_op_edge_shapes_and_default_scheme(ort_ops_library: str) -> None:
+    """No scheme attribute = paper (as in the TensorRT creator); an empty one is refused; empty
+    batch, no tokens and no valid token give CLS-only rows of the right shape."""
+    model = _plugin_model("official", with_function=False)
+    node = model.graph.node[1]
+    keep = [a for a in node.attribute if a.name != "scheme"]
+    del node.attribute[:]
+    node.attribute.extend(keep)
+    default = _session(model, ort_ops_library)
+    rng = np.random.default_rng(2)
+    x = rng.random((3, 40)).astype(np.float32)
+    valid = np.ones((3, 40), bool)
+    feed = {"x": x, "valid_in": valid, "k_like": np.zeros(12, np.float32), "token_ids": np.zeros((3, 41), np.float32)}
+    index, mask, _ = default.run(None, feed)
+    ref_index, ref_mask = ats_sample_reference(torch.from_numpy(x), torch.from_numpy(valid), torch.empty(12), "paper")
+    np.testing.assert_array_equal(index, ref_index.numpy())
+    np.testing.assert_array_equal(mask, ref_mask.numpy())
+
+    empty = _plugin_model("paper", with_function=False)
+    next(a for a in empty.graph.node[1].attribute if a.name == "scheme").s = b""
+    with pytest.raises(Exception, match="unknown scheme ''"):
+        _session(empty, ort_ops_library)
+
+    for batch, n, valid_value in ((0, 5, True), (2, 0, True), (2, 7, False)):
+        feed = {"x": np.ones((batch, n), np.float32), "valid_in": np.full((batch, n), valid_value),
+                "k_like": np.zeros(4, np.float32), "token_ids": np.zeros((batch, n + 1), np.float32)}
+        index, mask, _ = default.run(None, feed)
+        assert index.shape == mask.shape == (batch, 5)
+        assert (index == 0).all() and (mask[:, 0]).all() and not mask[:, 1:].any()
 
 
 def test_run_bench_and_parity_take_the_library(tiny_exports, ort_ops_library, tmp_path) -> None:

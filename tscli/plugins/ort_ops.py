@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
+import http.client
 import io
 import os
 import shutil
@@ -28,7 +29,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tscli.errors import MissingDependency, TscliError
 from tscli.plugins.core import cache_dir, compile_library
@@ -75,14 +76,48 @@ def _ar_members(blob: bytes) -> dict[str, bytes]:
     return members
 
 
+def _header_path(name: str) -> PurePosixPath | None:
+    """Where a package member goes below the headers folder, or None to skip it: only .h files
+    under usr/include/onnxruntime/, and nothing that could land outside (absolute, ..)."""
+    name = name.removeprefix("./")
+    if not (name.startswith(_DEB_INCLUDE) and name.endswith(".h")):
+        return None
+    relative = PurePosixPath(name[len(_DEB_INCLUDE):])
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        return None
+    return relative
+
+
+def _install(staging: Path, target: Path) -> None:
+    """Move a complete headers folder into place. An older folder is moved aside first, so a
+    reader sees the old or the new headers; if another process installed its own meanwhile,
+    that one is kept (same package, same files)."""
+    aside = None
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=".ort-include-old-", dir=target.parent))
+        try:
+            os.replace(target, aside / "headers")
+        except FileNotFoundError:  # another process moved it first
+            pass
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if not (target / HEADER).is_file():
+            raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
 def fetch_ort_headers(url: str = DEB_URL, sha256: str = DEB_SHA256) -> Path:
     """Download libonnxruntime-dev, check its SHA-256, unpack its headers into the cache."""
     target = fetched_headers_dir()
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             blob = response.read()
-    except OSError as exc:
-        raise TscliError(f"could not download {url}: {exc}; set TSCLI_ORT_INCLUDE to local headers instead") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise TscliError(f"could not download {url}: {str(exc) or type(exc).__name__}; "
+                         "set TSCLI_ORT_INCLUDE to local headers instead") from None
     digest = hashlib.sha256(blob).hexdigest()
     if digest != sha256:
         raise TscliError(f"{url} has SHA-256 {digest}, expected {sha256}; not using it")
@@ -95,19 +130,14 @@ def fetch_ort_headers(url: str = DEB_URL, sha256: str = DEB_SHA256) -> Path:
     try:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in tar.getmembers():
-                name = member.name.removeprefix("./")
-                if not (member.isfile() and name.startswith(_DEB_INCLUDE) and name.endswith(".h")):
-                    continue
-                relative = Path(name[len(_DEB_INCLUDE):])
-                if ".." in relative.parts:
+                relative = _header_path(member.name) if member.isfile() else None
+                if relative is None:
                     continue
                 (staging / relative).parent.mkdir(parents=True, exist_ok=True)
                 (staging / relative).write_bytes(tar.extractfile(member).read())
         if not (staging / HEADER).is_file():
             raise TscliError(f"{url} holds no {HEADER}")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        _install(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
@@ -118,7 +148,7 @@ def build_ort_ops(include_dir: str | Path | None = None, force: bool = False) ->
     """Compile csrc/ats_ort_ops.cpp (cached by sources, headers and flags); return the .so path."""
     headers = find_ort_headers(include_dir)
     library = compile_library("libtscli_ort_ops", (*ORT_SOURCES, (headers / HEADER).resolve()), "ats_ort_ops.cpp",
-                              extra_flags=(f"-I{headers}",), force=force)
+                              extra_flags=(f"-I{headers}", "-fvisibility=hidden"), force=force)
     abi = ctypes.CDLL(str(library)).tscli_ort_ops_abi_version()
     if abi != ABI_VERSION:
         raise TscliError(f"{library} has ABI {abi}, expected {ABI_VERSION}; delete it")

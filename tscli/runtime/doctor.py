@@ -4,6 +4,7 @@ loaded) and none may crash the report: a failing probe becomes a line."""
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import sys
@@ -180,9 +181,10 @@ def check_ort_ops() -> Check:
     fetch = "python -m tscli.plugins.ort_ops --fetch-headers"
     try:
         find_ort_headers()
-    except TscliError:
-        return Check(name, INFO, "ONNX Runtime's C API headers not found (the library is built from them)",
-                     f"only plugin-form files on the ort backend use it: {fetch}")
+    except TscliError as exc:
+        fix = ("fix TSCLI_ORT_INCLUDE, or unset it to use the fetched headers" if os.environ.get("TSCLI_ORT_INCLUDE")
+               else f"only plugin-form files on the ort backend use it: {fetch}")
+        return Check(name, INFO, str(exc), fix)
     try:
         lib = build_ort_ops()
         import onnxruntime as ort
@@ -191,7 +193,7 @@ def check_ort_ops() -> Check:
     except Exception as exc:  # a failing probe is a line, never a crash
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return Check(name, WARN, first[:300], "python -m tscli.plugins.ort_ops shows the whole build")
-    return Check(name, OK, f"{lib} (tscli::ATSSample on the CPU provider; tscli run ... --plugins {lib.name})")
+    return Check(name, OK, f"{lib} (tscli::ATSSample on the CPU provider; pass this path to --plugins)")
 
 
 def check_tools() -> Check:

@@ -42,7 +42,8 @@ class OrtBackend:
         if plugins is not None:
             library = Path(plugins)
             if not library.is_file():
-                raise UsageError(f"--plugins {str(library)!r} does not exist; give the path that "
+                what = "is a folder" if library.is_dir() else "does not exist"
+                raise UsageError(f"--plugins {str(library)!r} {what}; give the library file that "
                                  "`python -m tscli.plugins.ort_ops` prints")
             try:
                 opts.register_custom_ops_library(str(library))

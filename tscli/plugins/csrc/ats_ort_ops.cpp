@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <atomic>
 #include <new>
 #include <string>
 #include <vector>
@@ -23,103 +24,108 @@
 namespace {
 
 constexpr uint32_t kMinApiVersion = 16;
-const OrtApi* g_api = nullptr;
+// Set by every RegisterCustomOps (always to the same table); atomic because a session may run on
+// one thread while another thread registers the library for a new session.
+std::atomic<const OrtApi*> g_api_table{nullptr};
+const OrtApi* api() { return g_api_table.load(std::memory_order_acquire); }
 
 struct Kernel {
   int scheme;
 };
 
 OrtStatus* error(const std::string& message) {
-  return g_api->CreateStatus(ORT_INVALID_ARGUMENT, ("tscli.ATSSample: " + message).c_str());
+  return api()->CreateStatus(ORT_INVALID_ARGUMENT, ("tscli.ATSSample: " + message).c_str());
+}
+
+std::string shape_text(const std::vector<int64_t>& dims) {
+  std::string text = "[";
+  for (size_t i = 0; i < dims.size(); ++i) text += (i ? ", " : "") + std::to_string(dims[i]);
+  return text + "]";
 }
 
 // Element type, and the shape written to `dims`, of one tensor.
-OrtStatus* describe(const OrtValue* value, ONNXTensorElementDataType* type, std::vector<int64_t>* dims) {
+// The shape of one tensor (ORT has already checked the element types against GetInputType).
+OrtStatus* shape_of(const OrtValue* value, std::vector<int64_t>* dims) {
+  const OrtApi* a = api();
   OrtTensorTypeAndShapeInfo* info = nullptr;
-  OrtStatus* status = g_api->GetTensorTypeAndShape(value, &info);
+  OrtStatus* status = a->GetTensorTypeAndShape(value, &info);
   if (status != nullptr) return status;
   size_t rank = 0;
-  if ((status = g_api->GetTensorElementType(info, type)) == nullptr &&
-      (status = g_api->GetDimensionsCount(info, &rank)) == nullptr) {
+  if ((status = a->GetDimensionsCount(info, &rank)) == nullptr) {
     dims->assign(rank, 0);
-    status = g_api->GetDimensions(info, dims->data(), rank);
+    status = a->GetDimensions(info, dims->data(), rank);
   }
-  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  a->ReleaseTensorTypeAndShapeInfo(info);
   return status;
 }
 
 OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) {
-  // Missing attribute = "paper", as in the TensorRT plugin's creator.
+  // Missing attribute = "paper", as in the TensorRT plugin's creator; a present one must be valid
+  // (an empty string too, as there).
+  const OrtApi* a = api();
   std::string scheme = "paper";
   size_t size = 0;
-  OrtStatus* status = g_api->KernelInfoGetAttribute_string(info, "scheme", nullptr, &size);
-  if (status == nullptr && size > 1) {
-    std::vector<char> text(size);
-    if ((status = g_api->KernelInfoGetAttribute_string(info, "scheme", text.data(), &size)) != nullptr) return status;
+  OrtStatus* status = a->KernelInfoGetAttribute_string(info, "scheme", nullptr, &size);
+  if (status == nullptr) {
+    std::vector<char> text(size + 1, '\0');
+    if ((status = a->KernelInfoGetAttribute_string(info, "scheme", text.data(), &size)) != nullptr) return status;
     scheme.assign(text.data());
-  } else if (status != nullptr) {
-    g_api->ReleaseStatus(status);  // not set: keep the default
+  } else {
+    a->ReleaseStatus(status);  // not set: keep the default
   }
   int code = -1;
   if (scheme == "paper") code = tscli::ats::kPaper;
   if (scheme == "official") code = tscli::ats::kOfficial;
   if (code < 0) return error("unknown scheme '" + scheme + "'; valid: paper, official");
   Kernel* kernel = new (std::nothrow) Kernel{code};
-  if (kernel == nullptr) return g_api->CreateStatus(ORT_FAIL, "tscli.ATSSample: out of memory");
+  if (kernel == nullptr) return a->CreateStatus(ORT_FAIL, "tscli.ATSSample: out of memory");
   *out = kernel;
   return nullptr;
 }
 
 OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
   const Kernel& kernel = *static_cast<const Kernel*>(op_kernel);
+  const OrtApi* a = api();
   const OrtValue* in[3] = {nullptr, nullptr, nullptr};
-  for (size_t i = 0; i < 3; ++i) {
-    OrtStatus* status = g_api->KernelContext_GetInput(context, i, &in[i]);
-    if (status != nullptr) return status;
-  }
-  ONNXTensorElementDataType types[3];
   std::vector<int64_t> dims[3];
   for (size_t i = 0; i < 3; ++i) {
-    OrtStatus* status = describe(in[i], &types[i], &dims[i]);
+    OrtStatus* status = a->KernelContext_GetInput(context, i, &in[i]);
+    if (status == nullptr) status = shape_of(in[i], &dims[i]);
     if (status != nullptr) return status;
   }
   if (dims[0].size() != 2 || dims[1] != dims[0] || dims[2].size() != 1)
-    return error("need scores [B, N], valid [B, N] and k_like [K]");
+    return error("need scores [B, N], valid [B, N] and k_like [K]; got " + shape_text(dims[0]) + ", " +
+                 shape_text(dims[1]) + " and " + shape_text(dims[2]));
   const int64_t batch = dims[0][0], n = dims[0][1], k = dims[2][0];
-  if (k < 1 || n > (1 << 24) || k > (1 << 24)) return error("K = " + std::to_string(k) + " is out of range 1..2^24");
+  if (n > (1 << 24)) return error("N = " + std::to_string(n) + " tokens is out of range; valid: 0..2^24");
+  if (k < 1 || k > (1 << 24)) return error("K = " + std::to_string(k) + " is out of range; valid: 1..2^24");
 
   // API 16 has no read-only accessor; the inputs are only read.
-  void* scores_data = nullptr;
-  void* valid_data = nullptr;
-  OrtStatus* status = g_api->GetTensorMutableData(const_cast<OrtValue*>(in[0]), &scores_data);
-  if (status == nullptr) status = g_api->GetTensorMutableData(const_cast<OrtValue*>(in[1]), &valid_data);
+  void* scores = nullptr;
+  void* valid = nullptr;
+  OrtStatus* status = a->GetTensorMutableData(const_cast<OrtValue*>(in[0]), &scores);
+  if (status == nullptr) status = a->GetTensorMutableData(const_cast<OrtValue*>(in[1]), &valid);
   if (status != nullptr) return status;
-  const float* scores = static_cast<const float*>(scores_data);
-  const bool* valid = static_cast<const bool*>(valid_data);
 
   const int64_t out_dims[2] = {batch, k + 1};
   OrtValue* out_index = nullptr;
   OrtValue* out_mask = nullptr;
-  int32_t* index = nullptr;
-  bool* mask = nullptr;
-  if ((status = g_api->KernelContext_GetOutput(context, 0, out_dims, 2, &out_index)) != nullptr ||
-      (status = g_api->KernelContext_GetOutput(context, 1, out_dims, 2, &out_mask)) != nullptr ||
-      (status = g_api->GetTensorMutableData(out_index, reinterpret_cast<void**>(&index))) != nullptr ||
-      (status = g_api->GetTensorMutableData(out_mask, reinterpret_cast<void**>(&mask))) != nullptr)
+  void* index = nullptr;
+  void* mask = nullptr;
+  if ((status = a->KernelContext_GetOutput(context, 0, out_dims, 2, &out_index)) != nullptr ||
+      (status = a->KernelContext_GetOutput(context, 1, out_dims, 2, &out_mask)) != nullptr ||
+      (status = a->GetTensorMutableData(out_index, &index)) != nullptr ||
+      (status = a->GetTensorMutableData(out_mask, &mask)) != nullptr)
     return status;
 
-  // bool and uint8_t are both one byte holding 0 or 1 here.
+  // ORT's bool tensors are one byte holding 0 or 1: read and written here as uint8_t.
   static_assert(sizeof(bool) == sizeof(uint8_t), "bool tensors are read as bytes");
-  std::vector<float> scratch;
   try {
-    scratch.resize(static_cast<size_t>(tscli::ats::ats_scratch_floats(static_cast<int>(n), static_cast<int>(k))));
+    tscli::ats::ats_sample_fast_batch(static_cast<const float*>(scores), static_cast<const uint8_t*>(valid), batch,
+                                      static_cast<int>(n), static_cast<int>(k), kernel.scheme,
+                                      static_cast<int32_t*>(index), static_cast<uint8_t*>(mask));
   } catch (const std::bad_alloc&) {
-    return g_api->CreateStatus(ORT_FAIL, "tscli.ATSSample: out of memory");
-  }
-  for (int64_t b = 0; b < batch; ++b) {
-    tscli::ats::ats_sample_fast(scores + b * n, reinterpret_cast<const uint8_t*>(valid) + b * n,
-                                static_cast<int>(n), static_cast<int>(k), kernel.scheme, scratch.data(),
-                                index + b * (k + 1), reinterpret_cast<uint8_t*>(mask) + b * (k + 1));
+    return a->CreateStatus(ORT_FAIL, "tscli.ATSSample: out of memory");
   }
   return nullptr;
 }
@@ -167,32 +173,34 @@ OrtCustomOp make_op() {
   return op;
 }
 
-// ORT keeps pointers to the op (and the domain) for as long as any session uses them, and a
-// library stays loaded for the process, so both live in static storage and are never freed.
+// ORT keeps pointers to the op and the domain for as long as a session made from those options
+// lives (and unloads the library after that), so the op lives in static storage and each
+// domain is left to live as long as the library.
 const OrtCustomOp g_op = make_op();
 
 }  // namespace
 
 extern "C" {
 
+// The two exported symbols (the library is built with -fvisibility=hidden).
 // Bumped when the library's contract changes (tscli/plugins/ort_ops.py checks it).
 __attribute__((visibility("default"))) int tscli_ort_ops_abi_version(void) { return 1; }
 
 __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
                                                                                    const OrtApiBase* api_base) {
-  const OrtApi* api = api_base->GetApi(kMinApiVersion);
-  if (api == nullptr) {  // an ORT older than 1.16; API version 1 is always there to say so
+  const OrtApi* table = api_base->GetApi(kMinApiVersion);
+  if (table == nullptr) {  // an ORT older than 1.16; API version 1 is always there to say so
     const std::string message = std::string("tscli.ATSSample needs ONNX Runtime >= 1.16; this is ") +
                                 api_base->GetVersionString();
     return api_base->GetApi(1)->CreateStatus(ORT_NOT_IMPLEMENTED, message.c_str());
   }
-  g_api = api;
+  g_api_table.store(table, std::memory_order_release);
   // One domain per registration (ORT ties a domain to the session options it was added to); it
   // is never released, like the op: a few bytes per session created.
   OrtCustomOpDomain* domain = nullptr;
-  OrtStatus* status = api->CreateCustomOpDomain("tscli", &domain);
-  if (status == nullptr) status = api->CustomOpDomain_Add(domain, &g_op);
-  if (status == nullptr) status = api->AddCustomOpDomain(options, domain);
+  OrtStatus* status = table->CreateCustomOpDomain("tscli", &domain);
+  if (status == nullptr) status = table->CustomOpDomain_Add(domain, &g_op);
+  if (status == nullptr) status = table->AddCustomOpDomain(options, domain);
   return status;
 }
 

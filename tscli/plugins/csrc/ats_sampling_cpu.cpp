@@ -1,8 +1,9 @@
 // CPU build of the ATS sampling core: a tiny C ABI for ctypes (tscli/plugins/core.py).
-// Built with: g++ -O2 -shared -fPIC -ffp-contract=off (see core.py for why no contraction).
+// Built with: g++ -O3 -shared -fPIC -ffp-contract=off (see core.py for why).
 #include <stddef.h>
 #include <stdint.h>
 
+#include <new>
 #include <vector>
 
 #include "ats_sampling_core.h"
@@ -37,20 +38,17 @@ int tscli_ats_sample_batch(const float* scores, const uint8_t* valid, int64_t ba
   return kOk;
 }
 
-// The same contract through ats_sample_fast (the ONNX Runtime op's path); no margins.
+// The same contract through ats_sample_fast_batch, the ONNX Runtime op's own loop; no margins.
 int tscli_ats_sample_batch_fast(const float* scores, const uint8_t* valid, int64_t batch, int64_t n, int64_t k,
                                 int scheme, int32_t* index, uint8_t* mask) {
   if (batch < 0 || n < 0 || k < 1 || n > (1 << 24) || k > (1 << 24)) return kBadShape;
   if (!tscli::ats::is_valid_scheme(scheme)) return kBadScheme;
-  std::vector<float> scratch;
   try {
-    scratch.resize(static_cast<size_t>(tscli::ats::ats_scratch_floats(static_cast<int>(n), static_cast<int>(k))));
-  } catch (...) {
+    tscli::ats::ats_sample_fast_batch(scores, valid, batch, static_cast<int>(n), static_cast<int>(k), scheme, index,
+                                      mask);
+  } catch (const std::bad_alloc&) {
     return kNoMemory;
   }
-  for (int64_t b = 0; b < batch; ++b)
-    tscli::ats::ats_sample_fast(scores + b * n, valid + b * n, static_cast<int>(n), static_cast<int>(k), scheme,
-                                scratch.data(), index + b * (k + 1), mask + b * (k + 1));
   return kOk;
 }
 
