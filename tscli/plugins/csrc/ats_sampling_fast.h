@@ -4,7 +4,8 @@
 // ats_sample_one (ats_sampling_core.h) is laid out for a CUDA block, one thread per token or
 // point. Run serially, its rank/CDF stage is N sequential dependency chains of N float adds and
 // its cell stage compares every position with every point: ~75 us per 197-token image at K=99
-// (g++ -O3), as much as the ~50 standard ONNX operators it replaces. Two stages change here, not their arithmetic:
+// (g++ -O3), as much as the ~50 standard ONNX operators it replaces. Two stages change here, not
+// their arithmetic:
 //  * rank/CDF: the loops are swapped (outer over i, inner over j), so the compiler vectorises
 //    over j while each j still adds its "before" scores in token order, one float add at a time,
 //    exactly as stage_order does; "not before" adds 0 * s_i, which changes nothing while s_i is
