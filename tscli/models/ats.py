@@ -172,8 +172,10 @@ class TokenSamplingBlock(Block):
         attn, (b, t, d) = self.attn, state.x.shape
         heads = attn.num_heads
         qkv = attn.qkv(self.norm1(state.x)).reshape(b, t, 3, heads, d // heads)
-        v_norm = torch.linalg.vector_norm(qkv[:, :, 2], dim=(-2, -1))  # [B, T], token layout
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # as the plain block
+        # ||v_j|| from v itself: a second reader of qkv would stop ONNX Runtime from fusing the
+        # three slices of q, k, v into one Split.
+        v_norm = torch.linalg.vector_norm(v, dim=(1, 3))  # [B, T]
         q, k = attn.q_norm(q), attn.k_norm(k)
         a = (torch.matmul(q * attn.scale, k.transpose(-2, -1)) + key_bias(state.mask, q.dtype)).softmax(dim=-1)
         # Masked keys get exactly zero weight, so dropped tokens score exactly 0.
