@@ -96,7 +96,7 @@ def _outside_fast_premises(rng: np.random.Generator, n: int) -> tuple[np.ndarray
     s = rng.standard_normal((30, n))
     s[10:20, :: 3] = np.inf
     s[20:25, 1:: 4] = np.nan
-    s[25:] = np.abs(s[25:]) * 3e38  # finite scores whose sum overflows
+    s[25:] = np.minimum(np.abs(s[25:]), 1.0) * 3e38  # finite (<= 3e38) scores whose sum overflows
     return s.astype(np.float32), rng.random((30, n)) > 0.2
 
 
