@@ -268,7 +268,8 @@ def parity(
     from .export.parity_cmd import parity_for_file
     from .runtime import load
 
-    seg = load(file, backend=backend, threads=threads, plugins=plugins).meta.get("family") in ("dovit", "seg")
+    probe = load(file, backend=backend, threads=threads, plugins=plugins)
+    seg = probe.meta.get("family") in ("dovit", "seg")
     if seg and (k or plugins):
         raise UsageError("--k/--plugins apply to ATS files; this is a segmentation file (use --xi)")
     if xi and not seg:
@@ -279,7 +280,7 @@ def parity(
 
             report = seg_parity_for_file(file, checkpoint, images, n, _parse_floats(xi, "--xi"), threads)
         else:
-            report = parity_for_file(file, checkpoint, images, n, _parse_ks(k), threads, backend, plugins)
+            report = parity_for_file(file, checkpoint, images, n, _parse_ks(k), threads, backend, plugins, probe)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     elif seg:

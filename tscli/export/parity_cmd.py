@@ -27,10 +27,13 @@ def parity_inputs(meta: dict, images: Path | None, n: int, seed: int = 0) -> np.
 
 
 def parity_for_file(path: Path, checkpoint: Path | None, images: Path | None, n: int, ks: list[int] | None,
-                    threads: int | None, backend: str = "ort", plugins: Path | None = None) -> ParityReport:
+                    threads: int | None, backend: str = "ort", plugins: Path | None = None,
+                    probe=None) -> ParityReport:
     """``plugins``: the op library a plugin-form file runs with (ort: tscli's ORT ops; trt: the
-    TensorRT plugins), so that what is compared is what will be deployed."""
-    probe = load(path, backend=backend, threads=threads, plugins=plugins)  # validates the file, reads metadata
+    TensorRT plugins), so that what is compared is what will be deployed. ``probe``: a runner the
+    caller already opened with these arguments and no K (it is reused, not opened again)."""
+    if probe is None:  # validates the file, reads metadata
+        probe = load(path, backend=backend, threads=threads, plugins=plugins)
     meta = probe.meta
     if ks is None:
         ks = [None] if probe.k is None else sorted({probe.k, max(1, probe.k // 2)}, reverse=True)

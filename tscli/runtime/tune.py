@@ -234,15 +234,16 @@ def tune(path: str | Path, data: str | Path, labels: str = "auto", budget_ms: fl
     meta, backend, table, reference, kind, n = measure(path, data, labels, k_grid, batch, threads, runs, warmup,
                                                        limit, progress, plugins)
     chosen, objective = choose(table, budget_ms, max_drop, reference)  # raises before anything is written
+    library = str(plugins) if plugins is not None else None
     fp = P.fingerprint("ort", backend.provider)
     profile = {"fingerprint": fp, "model": P.model_identity(meta), "chosen_k": chosen, "batch": batch,
                "objective": objective, "accuracy_kind": kind, "table": table,
-               "plugins": str(plugins) if plugins is not None else None,
+               "plugins": library,
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     report = {"schema": SCHEMA, "file": str(path), "model": meta.get("model"), "data": str(data), "labels": labels,
               "images": n, "batch": batch, "runs": runs, "fingerprint": fp, "objective": objective,
               "chosen_k": chosen, "accuracy_kind": kind, "table": table,
-              "plugins": str(plugins) if plugins is not None else None}
+              "plugins": library}
     P.add_profile(store, profile)
     md = store.with_suffix(".md")
     with atomic_path(md, suffix=".md") as tmp:

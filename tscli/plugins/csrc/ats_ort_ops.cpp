@@ -43,7 +43,6 @@ std::string shape_text(const std::vector<int64_t>& dims) {
   return text + "]";
 }
 
-// Element type, and the shape written to `dims`, of one tensor.
 // The shape of one tensor (ORT has already checked the element types against GetInputType).
 OrtStatus* shape_of(const OrtValue* value, std::vector<int64_t>* dims) {
   const OrtApi* a = api();

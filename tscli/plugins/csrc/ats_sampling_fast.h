@@ -20,6 +20,7 @@
 // both paths give the same slots, including on inputs that take the fallback.
 #pragma once
 
+#include <float.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -76,9 +77,9 @@ inline void cells_merged(const float* sorted, int k, int scheme, const float* st
 // True when both premises above hold: every valid score finite and >= 0, and their sum finite.
 inline bool fast_path_applies(const float* scores, const uint8_t* valid, int n, const float* stats) {
   const float total = stats[kTotal];
-  if (!(total <= 3.402823466e+38f)) return false;  // also false for NaN
+  if (!(total <= FLT_MAX)) return false;  // also false for NaN
   for (int j = 0; j < n; ++j) {
-    if (valid[j] && !(scores[j] >= 0.0f && scores[j] <= 3.402823466e+38f)) return false;
+    if (valid[j] && !(scores[j] >= 0.0f && scores[j] <= FLT_MAX)) return false;
   }
   return true;
 }
