@@ -8,13 +8,14 @@ is really trained (its accuracy at max_k is far above chance, 10 %).
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from tscli.errors import UsageError
-from tscli.runtime import profiles as P
-from tscli.runtime.tune import choose, default_grid
+from tscli.runtime import device_profiles as P
+from tscli.tools.tune import choose, default_grid
 
 TRIM_TOL = 1e-4  # trimmed vs padded logits, max |diff| (same decisions, fewer padded slots)
 
@@ -23,7 +24,7 @@ TRIM_TOL = 1e-4  # trimmed vs padded logits, max |diff| (same decisions, fewer p
 
 @pytest.fixture(scope="session")
 def tiny_trimmed(tmp_path_factory):
-    from tscli.export.onnx_export import ExportOptions, export_onnx
+    from tscli.tools.checked_export import ExportOptions, export_onnx
 
     folder = tmp_path_factory.mktemp("trimmed")
     out = {}
@@ -36,8 +37,8 @@ def tiny_trimmed(tmp_path_factory):
 def digits(tmp_path_factory):
     """The digits ImageFolder, a trained checkpoint (~25 s) and its padded + trimmed exports."""
     from tscli.data.digits import write_imagefolder
-    from tscli.export.onnx_export import ExportOptions, export_onnx
-    from tscli.models.digits import train_digits
+    from tscli.tools.checked_export import ExportOptions, export_onnx
+    from tscli.tools.train_digits import train_digits
 
     folder = tmp_path_factory.mktemp("digits")
     counts = write_imagefolder(folder / "data")
@@ -77,7 +78,7 @@ def test_choose_by_max_drop_and_budget():
 
 
 def test_bad_objective_is_refused_before_any_measurement(tmp_path):
-    from tscli.runtime.tune import tune
+    from tscli.tools.tune import tune
 
     # The model path does not exist: reaching the measurement would raise ModelFileError instead.
     missing = tmp_path / "none.onnx"
@@ -152,7 +153,7 @@ def test_trimmed_export_equals_padded(tiny_trimmed, sample_arrays):
 
 
 def test_trimmed_refused_for_dense(tmp_path):
-    from tscli.export.onnx_export import ExportOptions, export_onnx
+    from tscli.tools.checked_export import ExportOptions, export_onnx
 
     with pytest.raises(UsageError, match="--mode trimmed applies to ATS"):
         export_onnx(ExportOptions("tiny_dense", output=str(tmp_path / "d.onnx"), mode="trimmed"))
@@ -164,7 +165,7 @@ def test_trimmed_refused_for_dense(tmp_path):
 # ---------------------------------------------------------------- bench report
 
 def test_bench_report_schema(tiny_exports, tmp_path):
-    from tscli.runtime.bench import SCHEMA, bench
+    from tscli.tools.bench import SCHEMA, bench
 
     report = bench(tiny_exports["paper"], ks=[40, 10], batches=[1, 2], threads=1, runs=3, warmup=1,
                    baseline=tiny_exports["dense"], ideal=True, graphs_dir=tmp_path)
@@ -189,7 +190,7 @@ def test_bench_report_schema(tiny_exports, tmp_path):
 def test_bench_sessions_pin_k_and_stop_spinning(tiny_exports):
     # One session per (graph, K) with K pinned, as runtime.load runs it; idle workers must not
     # spin into the next session's run (see OrtBackend).
-    from tscli.runtime.bench import _open
+    from tscli.tools.bench import _open
 
     g = _open(tiny_exports["paper"], 1, "ats")
     for k in (40, 7):
@@ -201,7 +202,7 @@ def test_bench_sessions_pin_k_and_stop_spinning(tiny_exports):
 
 
 def test_bench_rejects_bad_input(tiny_exports):
-    from tscli.runtime.bench import bench
+    from tscli.tools.bench import bench
 
     with pytest.raises(UsageError, match="out of range.*1..40"):
         bench(tiny_exports["paper"], ks=[41], baseline=tiny_exports["dense"])
@@ -227,7 +228,7 @@ def test_bench_cli_json(tiny_exports):
 
 def test_digits_model_is_trained_and_tune_writes_profile(digits, capsys):
     from tscli.runtime import load
-    from tscli.runtime.tune import SCHEMA, tune
+    from tscli.tools.tune import SCHEMA, tune
 
     assert digits["counts"] == {"train": 1348, "val": 449}
     store = digits["folder"] / "profiles.json"
@@ -249,14 +250,14 @@ def test_digits_model_is_trained_and_tune_writes_profile(digits, capsys):
     data["profiles"][0]["fingerprint"]["cpu"] = "Some Other CPU"
     other = digits["folder"] / "other.json"
     other.write_text(json.dumps(data))
-    with pytest.raises(UsageError, match=f"no device profile .*cpu={P.cpu_model()}.*cpu=Some Other CPU"):
+    with pytest.raises(UsageError, match=f"no device profile .*cpu={re.escape(P.cpu_model())}.*cpu=Some Other CPU"):
         load(digits["padded"], k="auto", profiles=other)
     with pytest.raises(UsageError, match="does not exist"):
         load(digits["padded"], k="auto", profiles=digits["folder"] / "missing.json")
 
 
 def test_tune_without_labels_and_impossible_budget(digits):
-    from tscli.runtime.tune import tune
+    from tscli.tools.tune import tune
 
     three = digits["data"] / "val" / "3"  # a plain folder of images: agreement with max_k
     report = tune(digits["padded"], three, k_grid=[64, 8], runs=1, output=digits["folder"] / "nolabels.json")

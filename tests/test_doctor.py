@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tscli.runtime import doctor as D
-from tscli.runtime.selftest import LOGIT_TOL, compare_outputs
+from tscli.tools import doctor as D
+from tscli.tools.selftest import LOGIT_TOL, compare_outputs
 from tscli.runtime.trt import host
 
 
@@ -91,7 +91,7 @@ def test_selftest_comparison_thresholds():
 
 
 def test_doctor_ort_op_library_line(ort_ops_library, tmp_path, monkeypatch):
-    from tscli.runtime.doctor import INFO, OK, check_ort_ops
+    from tscli.tools.doctor import INFO, OK, check_ort_ops
 
     check = check_ort_ops()  # headers are present (the fixture made sure): built and registered
     assert check.status == OK and ort_ops_library in check.detail

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from tscli.errors import UsageError
-from tscli.export import contract as C
-from tscli.export.dovit_export import SegExportOptions, compare_seg, export_seg, rebuild, seg_parity
-from tscli.models.build import build_model
-from tscli.models.registry import get_config
+from tscli import contract as C
+from tscli.tools.checked_export import SegExportOptions, export_seg
+from tscli.tools.seg_parity import compare_seg, rebuild, seg_parity
+from tscli.models.factory import build_model
+from tscli.models.catalog import get_config
 from tscli.runtime import load
 from tscli.runtime.preprocess import preprocess
 
@@ -293,7 +294,7 @@ def test_cli_run_writes_class_maps_and_overlays(seg_files, tmp_path):
 
 
 def test_bench_seg_report(seg_files, tmp_path):
-    from tscli.runtime.segmentation import bench_seg
+    from tscli.tools.bench_seg import bench_seg
 
     path = seg_files["c64"].path
     report = bench_seg(path, [1.0, 0.05], [1], runs=2, warmup=0, graphs_dir=tmp_path)

@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from tscli.export import contract as C
-from tscli.export.validate import LOGIT_ATOL
-from tscli.models.build import build_from_metadata
+from tscli import contract as C
+from tscli.tools.parity import LOGIT_ATOL
+from tscli.models.factory import build_from_metadata
 from tscli.runtime import load
 
 
@@ -36,7 +36,7 @@ def test_contract(tiny_exports):
 
 @pytest.mark.parametrize("scheme", ["paper", "official"])
 def test_ort_matches_torch_on_real_and_random_images(tiny_exports, sample_arrays, scheme):
-    from tscli.export.validate import run_parity
+    from tscli.tools.parity import run_parity
     from tscli.runtime.preprocess import preprocess
 
     path = tiny_exports[scheme]
@@ -91,7 +91,7 @@ def test_plugin_form_runs_its_function_body_and_equals_plain(tiny_exports):
 def test_failed_validation_leaves_nothing(tmp_path, monkeypatch):
     """A parity failure during export exits with CheckFailed and no file on disk."""
     from tscli.errors import CheckFailed
-    from tscli.export import onnx_export, validate
+    from tscli.tools import checked_export as onnx_export, parity as validate
 
     def broken(path, built, meta):
         report = validate.ParityReport("ort", "CPUExecutionProvider")
@@ -107,7 +107,7 @@ def test_failed_validation_leaves_nothing(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def deit_s_export(tmp_path_factory):
-    from tscli.export.onnx_export import ExportOptions, export_onnx
+    from tscli.tools.checked_export import ExportOptions, export_onnx
 
     path = tmp_path_factory.mktemp("deit") / "deit_s_ats.onnx"
     result = export_onnx(ExportOptions("deit_s_ats", max_k=120, output=str(path)))
@@ -120,7 +120,7 @@ def test_deit_s_ats_acceptance(deit_s_export, sample_arrays):
     path, result = deit_s_export
     assert result.validation.ok and result.lint.ok
     onnx.checker.check_model(str(path), full_check=True)
-    from tscli.export.validate import run_parity
+    from tscli.tools.parity import run_parity
     from tscli.runtime.preprocess import preprocess
 
     meta = load(path).meta
@@ -135,8 +135,8 @@ def test_deit_s_ats_acceptance(deit_s_export, sample_arrays):
             assert counts.shape == (batch, 9) and (counts <= k + 1).all()
     import torch
 
-    from tscli.models.build import build_model
-    from tscli.models.registry import get_config
+    from tscli.models.factory import build_model
+    from tscli.models.catalog import get_config
 
     with torch.no_grad():
         dense = build_model(get_config("deit_s")).module(torch.from_numpy(x)).numpy()
@@ -147,8 +147,8 @@ def test_deit_s_ats_acceptance(deit_s_export, sample_arrays):
 def test_deit_t_ats_official_scheme_parity(tmp_path, sample_arrays):
     """Official scheme on a real architecture: ORT == PyTorch (padded and trimmed) on real images
     and random inputs, at max_k and two smaller K."""
-    from tscli.export.onnx_export import ExportOptions, export_onnx
-    from tscli.export.validate import run_parity
+    from tscli.tools.checked_export import ExportOptions, export_onnx
+    from tscli.tools.parity import run_parity
     from tscli.runtime.preprocess import preprocess
 
     path = tmp_path / "deit_t_ats_official.onnx"
@@ -168,7 +168,7 @@ def test_parity_compare_counts_sets_and_near_ties():
     within a near-tie (smallest decision margin below 1e-6), which is counted apart."""
     import numpy as np
 
-    from tscli.export.validate import compare
+    from tscli.tools.parity import compare
 
     logits = np.array([[1.0, 2.0, 0.5], [0.1, 0.2, 0.3]], np.float32)
     counts = np.array([[3, 2], [3, 2]])

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from tscli.errors import CheckpointError, UsageError
-from tscli.models.build import build_model
-from tscli.models.registry import get_config, list_models, parse_stages
+from tscli.models.factory import build_model
+from tscli.models.catalog import get_config, list_models
+from tscli.models.registry import parse_stages
 
 # Logits, fp32. Measured here: padded vs trimmed <= 5e-8 (tiny_ats), alone vs in a batch <= 2e-7
 # (deit_t_ats): the same arithmetic on the kept rows up to summation order, which other CPUs
@@ -43,7 +44,7 @@ def test_padded_equals_trimmed(scheme, k):
 
 
 def test_image_alone_equals_image_in_batch(sample_arrays):
-    """An image's logits and kept sets do not depend on its batch mates (DESIGN.md step 4)."""
+    """An image's logits and kept sets do not depend on its batch mates (docs/design.md, ATS step 4)."""
     from tscli.runtime.preprocess import preprocess
 
     cfg = get_config("deit_t_ats")

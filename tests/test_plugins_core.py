@@ -2,12 +2,11 @@
 
 The core is the arithmetic of the TensorRT plugin, so agreement here is the plugin's numerical
 test on a machine without a GPU. Decisions whose reference margin is below 1e-6 are near-ties
-(DESIGN.md section 2, step 5): they may flip, are counted and printed, and must stay rare.
+(docs/design.md, "Tie bands"): they may flip, are counted and printed, and must stay rare.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,6 @@ from tscli.plugins.core import (
     build_cpu_library,
 )
 
-# ../shared beside the repo, as in tests/conftest.py
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "ats_pick_vectors.json"
 NS = (1, 2, 3, 9, 48, 120, 196)
 KS = (1, 3, 9, 48, 96, 120, 196)
 PER_CELL = 110  # 7 N x 7 K x 2 schemes x 110 = 10,780 score vectors
@@ -140,12 +137,9 @@ def test_contract_of_reference_op(scheme: str) -> None:
         assert not row_m[1 + len(kept):].any()
 
 
-def test_golden_vectors_exact() -> None:
-    if not GOLDEN.is_file():
-        pytest.fail(f"golden vectors missing at {GOLDEN}: ../shared must sit beside the repo")
-    cases = json.loads(GOLDEN.read_text())["cases"]
+def test_golden_vectors_exact(golden_cases) -> None:
     failures = []
-    for case in cases:
+    for case in golden_cases:
         index, mask, margin = ats_sample_cpu_with_margin(
             np.asarray([case["scores"]]), np.asarray([case["valid"]]), case["K"], case["scheme"])
         kept = sorted(int(i) - 1 for i in index[0][mask[0]][1:])
@@ -156,7 +150,7 @@ def test_golden_vectors_exact() -> None:
         if not (np.array_equal(fast_index, index) and np.array_equal(fast_mask, mask)):
             failures.append(f"{case['name']} (fast path)")
         assert margin[0] == pytest.approx(case["min_margin"], abs=1e-5)
-    assert len(cases) == 82
+    assert len(golden_cases) == 82
     assert not failures, f"golden cases that differ: {failures}"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tscli.plugins.build import (
+from tscli.plugins.nvcc_check import (
     CSRC,
     KERNELS,
     LEGACY_ARCHS,

@@ -24,7 +24,7 @@ from tscli.errors import ModelFileError, TscliError, UsageError
 from tscli.models.ops import ats_sample_reference
 from tscli.models.sampling import SCHEMES
 from tscli.plugins import ort_ops
-from tscli.runtime.ort_backend import OrtBackend
+from tscli.runtime.ort.session import OrtBackend
 
 IR_VERSION = 10  # what onnxruntime 1.2x-1.3x accepts; onnx 1.23's default (14) is too new
 
@@ -227,7 +227,7 @@ def test_run_bench_and_parity_take_the_library(tiny_exports, ort_ops_library, tm
     import sys
 
     from tscli.data.samples import write_samples
-    from tscli.runtime.bench import _open, bench
+    from tscli.tools.bench import _open, bench
 
     def tscli(*args):
         return subprocess.run([sys.executable, "-m", "tscli.cli", *map(str, args)], capture_output=True, text=True)
@@ -251,7 +251,7 @@ def test_run_bench_and_parity_take_the_library(tiny_exports, ort_ops_library, tm
     assert json.loads(parity.stdout)["ok"] is True
 
     from tscli.runtime import load
-    from tscli.runtime.tune import tune
+    from tscli.tools.tune import tune
 
     store = tmp_path / "profiles.json"
     tuned = tune(plugin, tmp_path / "imgs", budget_ms=1e4, k_grid=[8, 4], runs=1, output=store,

@@ -13,7 +13,7 @@ from tscli.runtime import load
 
 
 def test_runtime_import_does_not_import_torch():
-    code = "import sys, tscli.runtime, tscli.runtime.inspect; print(sorted(m for m in ('torch', 'timm', 'onnx') if m in sys.modules))"
+    code = "import sys, tscli.runtime, tscli.tools.inspect; print(sorted(m for m in ('torch', 'timm', 'onnx') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 
@@ -55,7 +55,7 @@ def test_k_defaults_to_max_k_and_is_range_checked(tiny_exports):
 
 
 def test_k_is_pinned_in_the_session_and_changes_nothing(tiny_exports):
-    from tscli.runtime.ort_backend import OrtBackend
+    from tscli.runtime.ort.session import OrtBackend
 
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     dynamic = OrtBackend(tiny_exports["paper"])

@@ -1,4 +1,4 @@
-"""ATS picking (DESIGN.md section 2, steps 2-6) against the golden vectors and hand-built cases."""
+"""ATS picking (docs/design.md, ATS steps 2-6) against the golden vectors and hand-built cases."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _both_rules(scores, valid, k, scheme):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_literal_rule_matches_golden(golden_cases, dtype):
-    """nearest_picks, the rule as DESIGN.md states it (argmin of distances, lowest position on
+    """nearest_picks, the rule as docs/design.md states it (argmin of distances, lowest position on
     ties), is the reference the fast cell rule is held to below."""
     wrong = []
     for c in golden_cases:
@@ -60,7 +60,7 @@ def test_cell_rule_equals_literal_rule_away_from_ties():
     """Random and adversarial vectors (zero runs, small-integer ties, masks, heavy tails), both
     schemes, float32 and float64: the cell rule decides every image like the literal rule unless
     the image has a decision within 1e-6 of a tie (where two correct float implementations may
-    differ; DESIGN.md section 2, step 5). Such images must stay rare."""
+    differ; docs/design.md, "Tie bands"). Such images must stay rare."""
     g = torch.Generator().manual_seed(0)
     images = near_ties = 0
     real = []

@@ -13,7 +13,7 @@ from trt_fakes import Recorder, add_fake_runtime, fake_cudart, fake_tensorrt, ma
 from tscli.errors import InputError, ModelFileError, UsageError
 from tscli.runtime import load
 from tscli.runtime.trt import backend as TB
-from tscli.runtime.trt import build as B
+from tscli.tools import engine_build as B
 from tscli.runtime.trt.host import GpuInfo
 
 ORIN = GpuInfo("Orin", "8.7", "12.6", "12.6", "cuda-python")

@@ -15,7 +15,7 @@ from trt_fakes import Recorder, fake_tensorrt, make_onnx
 
 from tscli.errors import MissingDependency, ModelFileError, UsageError
 from tscli.files import sha256_file
-from tscli.runtime.trt import build as B
+from tscli.tools import engine_build as B
 from tscli.runtime.trt.host import GpuInfo
 
 ORIN = GpuInfo("Orin", "8.7", "12.6", "12.6", "cuda-python")

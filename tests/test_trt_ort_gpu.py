@@ -10,7 +10,7 @@ import pytest
 from trt_fakes import make_onnx
 from tscli.errors import MissingDependency
 from tscli.runtime import BACKENDS, load
-from tscli.runtime.ort_gpu import trt_provider_options
+from tscli.runtime.ort.gpu import trt_provider_options
 
 
 def test_trt_ep_profile_options_from_metadata():
@@ -37,7 +37,7 @@ def test_requested_gpu_provider_not_active_is_an_error(tmp_path, backend, provid
 
 def test_active_check_catches_silent_fallback():
     """onnxruntime-gpu without CUDA lists CUDA as available but runs the CPU: check_active sees it."""
-    from tscli.runtime.ort_gpu import check_active
+    from tscli.runtime.ort.gpu import check_active
 
     class Session:
         def get_providers(self):

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from tscli.export import contract as C
+from tscli import contract as C
 
 BASE_META = {"tool_version": "0.1.0", "model": "tiny_ats", "family": "ats", "max_k": 32, "stages": [1, 2, 3],
              "scheme": "paper", "mode": "padded", "form": "plain", "input_size": [3, 32, 32], "patch_size": 4,

@@ -1,4 +1,4 @@
-"""One exception hierarchy. The CLI turns every TscliError into one line on stderr and exit code 2.
+"""One exception hierarchy. The CLI turns every TscliError into one line on stderr and its exit code.
 
 Messages name the bad value and what would be valid, so the line alone tells the user the fix.
 """
@@ -44,3 +44,11 @@ def require(module: str, install_hint: str):
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the host
         raise MissingDependency(f"'{module}' is not importable ({exc}); install it with: {install_hint}") from None
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none),
+    cut to ``limit`` characters: what a one-line error quotes from a library's exception."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:limit]

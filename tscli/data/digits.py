@@ -1,7 +1,7 @@
 """Real labelled data that installs offline: scikit-learn's digits (1797 handwritten 8x8 images,
 10 classes), upscaled to a model's input and written as an ImageFolder (``<split>/<class>/*.png``).
 
-Used to train the small digits ViT (tscli/models/digits.py) and to measure accuracy vs K
+Used to train the small digits ViT (tscli/tools/train_digits.py) and to measure accuracy vs K
 (``tscli tune``): on a trained model token selection matters, on random weights it does not.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, UsageError, require
-from .samples import IMAGE_SUFFIXES
+from ..runtime.images import IMAGE_SUFFIXES
 
 CLASSES = tuple(str(i) for i in range(10))
 

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, require
+from ..errors import require
 
 # Varied content on purpose: faces, objects, texture, microscopy, grayscale, a huge sky.
 SAMPLE_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry",
                 "hubble_deep_field", "coins", "colorwheel", "brick", "page", "retina")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 def sample_images(n: int | None = None) -> list[tuple[str, np.ndarray]]:
@@ -32,13 +31,3 @@ def write_samples(folder: str | Path, n: int | None = None) -> list[Path]:
         Image.fromarray(arr).save(path)
         paths.append(path)
     return paths
-
-
-def images_in(folder: str | Path, limit: int | None = None) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"image folder {str(folder)!r} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {str(folder)!r}")
-    return files[:limit] if limit else files

@@ -1,1 +1,1 @@
-"""PyTorch -> ONNX: the graph contract, the exporter, the lint and post-export validation."""
+"""PyTorch -> ONNX: the exporters per family, the plugin form, the TensorRT lint, reference graphs."""

@@ -1,7 +1,7 @@
 """Automated check that a graph is TensorRT-parseable and has no data-dependent shapes.
 
-Errors make export fail; warnings name a TensorRT version floor. DESIGN.md section 3 lists the
-traps encoded here.
+Errors make export fail; warnings name a TensorRT version floor. docs/design.md ("Operator traps") lists
+the traps encoded here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from . import contract as C
+from .. import contract as C
+from ..errors import first_line
 
 FORBIDDEN = {
     "NonZero": "data-dependent output shape",
@@ -83,7 +84,7 @@ def _check_shapes(model: onnx.ModelProto, report: LintReport, data_dependent: st
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception as exc:  # inference failing is itself worth knowing, but not fatal
-        report.add("warning", "graph", f"shape inference failed: {str(exc).splitlines()[0][:200]}")
+        report.add("warning", "graph", f"shape inference failed: {first_line(exc, 200)}")
         inferred = model
     # Declared output shapes (the exporter's symbols) and inferred ones both count.
     for value in list(model.graph.output) + list(inferred.graph.output):

@@ -11,13 +11,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..files import sha256_file
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_ema", "module")
-
-
-file_sha256 = sha256_file  # the name the export side has always used
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -32,8 +29,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code (refused by weights_only), ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {first[:300]}") from None
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {first_line(exc)}") from None
     for key in _WRAPPER_KEYS:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -65,4 +61,4 @@ def load_into(model: torch.nn.Module, path: str | Path, model_name: str) -> str:
     if problems:
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model_name}: " + "; ".join(problems))
     model.load_state_dict(sd, strict=True)
-    return file_sha256(path)
+    return sha256_file(path)

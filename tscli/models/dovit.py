@@ -1,4 +1,4 @@
-"""DoViT (dynamic token-pass) segmentation ViTs and their dense SETR baselines (DESIGN.md section 4).
+"""DoViT (dynamic token-pass) segmentation ViTs and their dense SETR baselines (docs/design.md, DoViT).
 
 One module class serves both families, so a checkpoint of one loads into the other and
 ``xi = 1.0`` can be checked against the dense model with the same weights:
@@ -33,98 +33,12 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from .build import register_builder
-from .registry import ViTConfig, register
+from .registry import SegConfig
 
 MERGES = ("none", "paper", "released")
-# paper eq. 8 (DESIGN.md): CLS <- CLS/2 + mean(stopped). The released code averages the two:
+# paper eq. 8: CLS <- CLS/2 + mean(stopped). The released code averages the two:
 # (CLS + mean(stopped)) / 2 (and only when > 10 % of tokens stopped, which tscli does not copy).
 _MERGE_COEF = {"paper": (0.5, 1.0), "released": (0.5, 0.5)}
-
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)
-
-
-@dataclass(frozen=True)
-class SegConfig(ViTConfig):
-    """A segmentation variant. ``stages`` holds the decision layers (blocks after which the
-    aux heads decide); ``img_hw`` the native input size (the pos-embed grid of a checkpoint)."""
-
-    img_hw: tuple[int, int] = (512, 1024)
-    xi: float = 0.985
-    merge: str = "paper"
-    label_names: tuple[str, ...] = ()
-
-    @property
-    def num_patches(self) -> int:
-        return (self.img_hw[0] // self.patch_size) * (self.img_hw[1] // self.patch_size)
-
-    @property
-    def max_k_limit(self) -> int:
-        return self.num_patches
-
-
-def _setr(name: str, family: str, dim: int, heads: int, other: str, desc: str) -> SegConfig:
-    return SegConfig(
-        name, family, dim, 12, heads, img_size=512, patch_size=16, num_classes=19, stages=(2, 5, 8),
-        crop_pct=1.0, interpolation="bilinear", labels="cityscapes-19", dense_name=other if family == "dovit" else None,
-        description=desc, img_hw=(512, 1024), label_names=CITYSCAPES_CLASSES,
-    )
-
-
-@register
-def dovit_setr_deit_s() -> SegConfig:
-    return _setr("dovit_setr_deit_s", "dovit", 384, 6, "setr_deit_s", "SETR-naive DeiT-S + DoViT (decisions after 2,5,8)")
-
-
-@register
-def dovit_setr_deit_b() -> SegConfig:
-    return _setr("dovit_setr_deit_b", "dovit", 768, 12, "setr_deit_b", "SETR-naive DeiT-B + DoViT (decisions after 2,5,8)")
-
-
-@register
-def setr_deit_s() -> SegConfig:
-    return _setr("setr_deit_s", "seg", 384, 6, "", "SETR-naive DeiT-S dense segmentation baseline")
-
-
-@register
-def setr_deit_b() -> SegConfig:
-    return _setr("setr_deit_b", "seg", 768, 12, "", "SETR-naive DeiT-B dense segmentation baseline")
-
-
-def _tiny_seg(name: str, family: str, dense: str | None) -> SegConfig:
-    # 32x64 input, patch 4 -> 8x16 = 128 tokens; a decision after every block but the last.
-    return SegConfig(
-        name, family, 48, 4, 3, img_size=32, patch_size=4, num_classes=5, stages=(0, 1, 2), crop_pct=1.0,
-        interpolation="bilinear", labels="synthetic-5", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-        dense_name=dense, description="tiny segmentation test variant", img_hw=(32, 64),
-    )
-
-
-@register
-def tiny_dovit() -> SegConfig:
-    return _tiny_seg("tiny_dovit", "dovit", "tiny_seg")
-
-
-@register
-def tiny_seg() -> SegConfig:
-    return _tiny_seg("tiny_seg", "seg", None)
-
-
-def parse_hw(text: str, patch: int) -> tuple[int, int]:
-    """'512x1024' (or '512') -> (512, 1024); both multiples of the patch size."""
-    try:
-        parts = [int(p) for p in str(text).lower().replace("*", "x").split("x")]
-    except ValueError:
-        raise UsageError(f"bad --input-size {text!r}; expected HxW like 512x1024") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or any(p <= 0 or p % patch for p in parts):
-        raise UsageError(f"bad --input-size {text!r}; need HxW, both positive multiples of the patch size {patch}")
-    return parts[0], parts[1]
-
 
 @dataclass
 class SegOutput:
@@ -300,7 +214,8 @@ class PaddedExport(nn.Module):
         return o.logits, o.kept_counts, o.kept_masks, o.saturated
 
 
-def _build(cfg: SegConfig) -> SegViT:
+def build_segvit(cfg: SegConfig) -> SegViT:
+    """The torch module of a ``dovit`` or ``seg`` config (models/factory.py calls it)."""
     model = SegViT(
         seg_classes=cfg.num_classes, decisions=cfg.stages, merge=cfg.merge, img_size=tuple(cfg.img_hw),
         patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
@@ -312,6 +227,3 @@ def _build(cfg: SegConfig) -> SegViT:
         blk.attn.fused_attn = False
     return model
 
-
-register_builder("dovit")(_build)
-register_builder("seg")(_build)

@@ -1,7 +1,7 @@
 """The ATS sampling step as one torch custom op, ``tscli::ats_sample``.
 
 Why an op: the exporter turns it into a single ONNX node ``tscli.ATSSample`` (see
-tscli/export/functions.py). The plain graph gets that node's body inlined from standard
+tscli/export/plugin_form.py). The plain graph gets that node's body inlined from standard
 operators; the plugin form keeps the node so TensorRT can run the CUDA plugin of the same name
 (tscli/plugins). Its contract is the plugin's contract:
 

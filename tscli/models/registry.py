@@ -1,11 +1,13 @@
-"""Registry of model variants: name -> frozen config -> torch module (random init or checkpoint).
+"""Model variants as data: frozen configs registered by name (torch-free).
 
-Variants are registered with ``@register``; tests parametrise over the tiny ones.
+A variant is a function returning a frozen config, registered with ``@register``; the configs
+themselves live in models/variants.py, the lookups in models/catalog.py and the torch modules
+that a config builds in models/factory.py. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import UsageError
@@ -46,43 +48,31 @@ class ViTConfig:
         return self.num_patches
 
 
-_REGISTRY: dict[str, Callable[[], ViTConfig]] = {}
-# Modules that register more variants (other families); imported on first registry use so that
-# importing the registry stays cheap and free of import cycles.
-_VARIANT_MODULES = ("tscli.models.dovit", "tscli.models.digits")
-_loaded = False
+@dataclass(frozen=True)
+class SegConfig(ViTConfig):
+    """A segmentation variant. ``stages`` holds the decision layers (blocks after which the
+    aux heads decide); ``img_hw`` the native input size (the pos-embed grid of a checkpoint)."""
+
+    img_hw: tuple[int, int] = (512, 1024)
+    xi: float = 0.985
+    merge: str = "paper"
+    label_names: tuple[str, ...] = ()
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_hw[0] // self.patch_size) * (self.img_hw[1] // self.patch_size)
+
+    @property
+    def max_k_limit(self) -> int:
+        return self.num_patches
+
+
+REGISTRY: dict[str, Callable[[], ViTConfig]] = {}
 
 
 def register(fn: Callable[[], ViTConfig]) -> Callable[[], ViTConfig]:
-    _REGISTRY[fn.__name__] = fn
+    REGISTRY[fn.__name__] = fn
     return fn
-
-
-def _load_variant_modules() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import importlib
-    import importlib.util
-
-    for mod in _VARIANT_MODULES:
-        if importlib.util.find_spec(mod) is not None:
-            importlib.import_module(mod)
-
-
-def list_models(family: str | None = None) -> list[str]:
-    _load_variant_modules()
-    names = sorted(_REGISTRY)
-    return [n for n in names if family is None or _REGISTRY[n]().family == family]
-
-
-def get_config(name: str, **overrides) -> ViTConfig:
-    _load_variant_modules()
-    if name not in _REGISTRY:
-        raise UsageError(f"unknown model {name!r}; valid: {', '.join(list_models())}")
-    cfg = _REGISTRY[name]()
-    return replace(cfg, **overrides) if overrides else cfg
 
 
 def parse_stages(text: str, depth: int) -> tuple[int, ...]:
@@ -102,55 +92,14 @@ def parse_stages(text: str, depth: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def _deit(name: str, family: str, dim: int, heads: int, dense: str | None, desc: str) -> ViTConfig:
-    stages = tuple(range(3, 12)) if family == "ats" else ()
-    return ViTConfig(name, family, dim, 12, heads, stages=stages, dense_name=dense, description=desc)
-
-
-@register
-def deit_t_ats() -> ViTConfig:
-    return _deit("deit_t_ats", "ats", 192, 3, "deit_t", "DeiT-Tiny + ATS in blocks 3-11")
-
-
-@register
-def deit_s_ats() -> ViTConfig:
-    return _deit("deit_s_ats", "ats", 384, 6, "deit_s", "DeiT-Small + ATS in blocks 3-11 (paper setup)")
-
-
-@register
-def deit_b_ats() -> ViTConfig:
-    return _deit("deit_b_ats", "ats", 768, 12, "deit_b", "DeiT-Base + ATS in blocks 3-11")
-
-
-@register
-def deit_t() -> ViTConfig:
-    return _deit("deit_t", "dense", 192, 3, None, "DeiT-Tiny dense baseline")
-
-
-@register
-def deit_s() -> ViTConfig:
-    return _deit("deit_s", "dense", 384, 6, None, "DeiT-Small dense baseline")
-
-
-@register
-def deit_b() -> ViTConfig:
-    return _deit("deit_b", "dense", 768, 12, None, "DeiT-Base dense baseline")
-
-
-# Tiny variants: seconds to export, used by the tests. 32x32 input, patch 4 -> 64 patches.
-def _tiny(name: str, family: str, dense: str | None, stages: tuple[int, ...]) -> ViTConfig:
-    return ViTConfig(
-        name, family, 48, 4, 3, img_size=32, patch_size=4, num_classes=10, stages=stages,
-        dense_name=dense, labels="digits-0-9", crop_pct=1.0, interpolation="bilinear",
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), description="tiny test variant",
-    )
-
-
-@register
-def tiny_ats() -> ViTConfig:
-    return _tiny("tiny_ats", "ats", "tiny_dense", (1, 2, 3))
-
-
-@register
-def tiny_dense() -> ViTConfig:
-    return _tiny("tiny_dense", "dense", None, ())
+def parse_hw(text: str, patch: int) -> tuple[int, int]:
+    """'512x1024' (or '512') -> (512, 1024); both multiples of the patch size."""
+    try:
+        parts = [int(p) for p in str(text).lower().replace("*", "x").split("x")]
+    except ValueError:
+        raise UsageError(f"bad --input-size {text!r}; expected HxW like 512x1024") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or any(p <= 0 or p % patch for p in parts):
+        raise UsageError(f"bad --input-size {text!r}; need HxW, both positive multiples of the patch size {patch}")
+    return parts[0], parts[1]

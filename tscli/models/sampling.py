@@ -1,4 +1,4 @@
-"""ATS token picking (DESIGN.md section 2, steps 2-6) as plain tensor functions.
+"""ATS token picking (docs/design.md, ATS steps 2-6) as plain tensor functions.
 
 Written so that ``torch.onnx.export`` gives a static-shape graph made only of operators that
 TensorRT parses: no sort, no NonZero/Unique, no CumSum. The stable ascending sort is expressed
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..export.contract import SCHEMES  # noqa: F401  (re-exported: the models' callers use it from here)
+from ..contract import SCHEMES  # noqa: F401  (re-exported: the models' callers use it from here)
 
 # Distances live in [0, 1]; anything above is "no candidate here".
 _FAR = 4.0
@@ -139,8 +139,8 @@ def cell_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor) -> Tens
     are therefore credited to position 0. Invalid tokens sit at 2 * _FAR, beyond every point.
 
     Decisions equal ``nearest_picks`` except where a point is within float rounding of a midpoint
-    (a decision margin of about 1e-7): such near-ties may go either way (DESIGN.md section 2,
-    step 5). This is what the exported graph and the C++ core run.
+    (a decision margin of about 1e-7): such near-ties may go either way (docs/design.md,
+    "Tie bands"). This is what the exported graph and the C++ core run.
     """
     order = rank.to(torch.int64)
     far = torch.where(valid, cdf, 2.0 * _FAR)
@@ -159,7 +159,7 @@ def cell_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor) -> Tens
 
 def ats_pick(scores: Tensor, valid: Tensor, num_points_like: Tensor, scheme: str = "paper",
              with_margin: bool = True) -> tuple[Tensor, Tensor | None]:
-    """Steps 2-6 of DESIGN.md section 2 for candidate tokens (CLS excluded).
+    """Steps 2-6 of docs/design.md (ATS) for candidate tokens (CLS excluded).
 
     scores: raw s_j [B, N]; valid: [B, N] bool; num_points_like: any tensor of length K.
     Returns (keep [B, N] bool, min decision margin [B]). ``cell_picks`` decides (what the

@@ -5,12 +5,9 @@
   form's tscli.ATSSample nodes on the CPU (the core's stages, rearranged for one CPU thread in
   csrc/ats_sampling_fast.h).
 - csrc/*.cu + CMakeLists.txt: CUDA kernels and the TensorRT IPluginV3 library (libtscli_plugins.so).
-- build.py: ``python -m tscli.plugins.build --check-cuda`` compiles the kernels per GPU arch.
+- nvcc_check.py: ``python -m tscli.plugins.nvcc_check --check-cuda`` compiles the kernels per GPU arch.
+- locate.py: where the TensorRT plugin library is looked for.
 
-Nothing here imports torch; heavy imports stay inside functions.
+The op names, namespace and version are the graph contract's (tscli/contract.py). Nothing here
+imports torch; heavy imports stay inside functions.
 """
-
-PLUGIN_NAMESPACE = "tscli"
-PLUGIN_VERSION = "1"
-SAMPLE_PLUGIN = "ATSSample"
-GATHER_PLUGIN = "ATSGather"

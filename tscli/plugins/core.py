@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tscli.errors import InputError, MissingDependency, TscliError, UsageError
-from tscli.export.contract import SCHEMES
+from ..contract import SCHEMES
+from ..errors import InputError, MissingDependency, TscliError, UsageError
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = ("ats_sampling_core.h", "ats_sampling_fast.h", "ats_sampling_cpu.cpp")

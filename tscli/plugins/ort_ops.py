@@ -31,8 +31,8 @@ import tempfile
 import urllib.request
 from pathlib import Path, PurePosixPath
 
-from tscli.errors import MissingDependency, TscliError
-from tscli.plugins.core import cache_dir, compile_library
+from ..errors import MissingDependency, TscliError
+from .core import cache_dir, compile_library
 
 ORT_SOURCES = ("ats_sampling_core.h", "ats_sampling_fast.h", "ats_ort_ops.cpp")
 ABI_VERSION = 1

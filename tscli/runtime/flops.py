@@ -9,7 +9,7 @@ and the sampling itself (sort/CDF/picking), which are all O(T) or O(T^2) without
 are small next to the matmuls. Note that papers usually quote multiply-adds as "FLOPs" (DeiT-S:
 4.6 G); on this scale DeiT-S is 9.2 GFLOPs.
 
-Graphs (DESIGN.md section 2; T = patches + 1 tokens, S = K + 1 slots):
+Graphs (docs/design.md, ATS; T = patches + 1 tokens, S = K + 1 slots):
 - dense: every block on T tokens.
 - ATS padded at K (an upper bound: it ignores that K' <= K): blocks before the first stage on T
   tokens; the first ATS stage computes qkv for all T input tokens, the CLS attention row (Q K^T

@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .. import contract as C
 from ..errors import InputError, ModelFileError, UsageError
-from ..export import contract as C
+from .backend import BACKENDS, Backend
+from .device_profiles import auto_k
+from .ort.gpu import open_ort_gpu
+from .ort.session import OrtBackend
 from .preprocess import preprocess
-
-BACKENDS = ("ort", "trt", "ort-cuda", "ort-trt")
+from .segmentation import segment
+from .trt.backend import TrtBackend
 
 
 @dataclass
@@ -56,10 +61,7 @@ class Runner:
             if k is not None and max_k is None:
                 raise UsageError(f"K={k} given, but {self.meta['model']} ({self.meta['family']}) has no K to choose")
             return None
-        k = max_k if k is None else k
-        if not isinstance(k, (int, np.integer)) or not 1 <= k <= max_k:
-            raise UsageError(f"K={k!r} is out of range for this file; valid: 1..{max_k} (max_k chosen at export)")
-        return int(k)
+        return C.check_k(max_k if k is None else k, max_k)
 
     @property
     def backend_name(self) -> str:
@@ -92,8 +94,6 @@ class Runner:
 
     def segment(self, images) -> list:
         """Segmentation files: images -> one runtime.segmentation.Segmentation per image."""
-        from .segmentation import segment
-
         return segment(self, images)
 
     def predict(self, images, topk: int = 5) -> list[Prediction]:
@@ -110,43 +110,53 @@ class Runner:
         return preds
 
 
+def open_backend(path: str | Path, backend: str = "ort", *, k: int | None = None, threads: int | None = None,
+                 plugins: str | Path | None = None, fixed_dims: dict[str, int] | None = None) -> Backend:
+    """Open ``path`` with one of BACKENDS; GPU packages are imported only by the GPU backends.
+
+    ``k``: a TensorRT engine fixes K at load (it picks the optimization profile), and the ort-trt
+    provider builds its engine for one K; ONNX Runtime on the CPU takes K per run, so there K is
+    only pinned through ``fixed_dims``. ``plugins``: tscli's ORT op library (ort) or the TensorRT
+    plugin library (trt) for plugin-form files.
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if plugins is not None and backend not in ("ort", "trt"):
+        raise UsageError(f"--plugins applies to the ort and trt backends; --backend is {backend!r}")
+    if backend == "ort":
+        return OrtBackend(path, threads=threads, fixed_dims=fixed_dims, plugins=plugins)
+    if backend == "trt":
+        return TrtBackend(path, k=k, plugins=str(plugins) if plugins else None)
+    return open_ort_gpu(path, backend, k=k, threads=threads)
+
+
 def load(path: str | Path, k: int | str | None = None, backend: str = "ort", threads: int | None = None,
          xi: float | None = None, profiles: str | Path | None = None, plugins: str | Path | None = None) -> Runner:
     """Open an exported model. k=None means max_k; k="auto" takes K from the device profile that
-    matches this device (runtime/profiles.py; ``profiles`` = the store, default next to the
+    matches this device (runtime/device_profiles.py; ``profiles`` = the store, default next to the
     model); xi=None means the file's default (DoViT). backend: one of BACKENDS. ``plugins``: with
     ort, tscli's ONNX Runtime op library, so that a plugin-form file runs each sampling step as
     one native op (tscli/plugins/ort_ops.py builds it); with trt, the TensorRT plugin library for
     an engine with plugin layers (default: $TSCLI_PLUGIN_PATH, else the library the engine's
     manifest records)."""
-    if plugins is not None and backend not in ("ort", "trt"):
-        raise UsageError(f"--plugins applies to the ort and trt backends; --backend is {backend!r}")
     if isinstance(k, str) and k != "auto":
         raise UsageError(f"K={k!r} is invalid; give an integer or 'auto'")
-    if backend == "ort":
-        from .ort_backend import OrtBackend
-
-        # K is fixed for the runner's life, so it is pinned in the session's shapes too (ORT then
-        # plans for that K: measured about 2 % faster at batch 1). A K known only from the file
-        # (default max_k, or "auto") costs a second session creation (~0.3 s for DeiT-S).
-        given = isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
-        ort_backend = OrtBackend(path, threads=threads, fixed_dims={C.DIM_K: int(k)} if given else None,
-                                 plugins=plugins)
-        profile = None
-        if k == "auto":
-            from .profiles import auto_k
-
-            k, profile = auto_k(path, C.decode_metadata(ort_backend.metadata_props), "ort", ort_backend.provider, profiles)
-        runner = Runner(ort_backend, k, xi)
-        if runner.k is not None and not given:
-            runner.backend = OrtBackend(path, threads=threads, fixed_dims={C.DIM_K: runner.k}, plugins=plugins)
-        runner.profile = profile  # the device profile K came from (k="auto"), else None
-        return runner
-    if k == "auto":
+    if k == "auto" and backend != "ort":
         raise UsageError(f"--k auto is available with the ort backend; with {backend!r} give --k")
-    if backend in BACKENDS:
-        from .gpu import open_gpu_backend
-
-        gpu = open_gpu_backend(path, backend, k=k, threads=threads, plugins=str(plugins) if plugins else None)
-        return Runner(gpu, getattr(gpu, "k", k), xi)
-    raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend != "ort":
+        opened = open_backend(path, backend, k=k, threads=threads, plugins=plugins)
+        return Runner(opened, getattr(opened, "k", k), xi)
+    # K is fixed for the runner's life, so it is pinned in the session's shapes too (ORT then
+    # plans for that K: measured about 2 % faster at batch 1). A K known only from the file
+    # (default max_k, or "auto") costs a second session creation (~0.3 s for DeiT-S).
+    given = isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1  # else Runner says why
+    fixed = {C.DIM_K: int(k)} if given else None
+    session = open_backend(path, "ort", threads=threads, fixed_dims=fixed, plugins=plugins)
+    profile = None
+    if k == "auto":
+        k, profile = auto_k(path, C.decode_metadata(session.metadata_props), "ort", session.provider, profiles)
+    runner = Runner(session, k, xi)
+    if runner.k is not None and not given:
+        runner.backend = open_backend(path, "ort", threads=threads, fixed_dims={C.DIM_K: runner.k}, plugins=plugins)
+    runner.profile = profile  # the device profile K came from (k="auto"), else None
+    return runner

@@ -11,14 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import contract as C
 from ..errors import InputError
-from ..export import contract as C
 from ..files import atomic_path
 from .flops import arch_from_meta, block_flops
 from .preprocess import preprocess
-
-SEG_FAMILIES = ("dovit", "seg")
-
 
 @dataclass
 class Segmentation:
@@ -57,7 +54,7 @@ def _view(x: np.ndarray, meta: dict) -> np.ndarray:
 def segment(runner, images) -> list[Segmentation]:
     """Runner of a segmentation file + images (paths / PIL / uint8 arrays) -> one result per image."""
     meta = runner.meta
-    if meta.get("family") not in SEG_FAMILIES:
+    if not C.is_segmentation(meta):
         raise InputError(f"{meta.get('model')} is a {meta.get('family')} model, not a segmentation model")
     images = list(images) if isinstance(images, (list, tuple)) else [images]
     x = preprocess(images, meta)
@@ -131,116 +128,3 @@ def seg_gflops_table(meta: dict) -> dict:
         for c in sorted({int(cap), max(1, int(cap) // 2), max(1, int(cap) // 4)}, reverse=True):
             table[f"C={c}"] = seg_flops(meta, [c] * n) / 1e9
     return table
-
-
-# -- bench: the DoViT graph against its dense SETR baseline, interleaved -------------------------
-
-
-def _bench_inputs(meta: dict, batch: int, seed: int = 0) -> np.ndarray:
-    """Real images when scikit-image is there (token stopping depends on content), else noise."""
-    import importlib.util
-
-    if importlib.util.find_spec("skimage") is not None:
-        from ..data.samples import sample_images
-
-        arrays = [a for _, a in sample_images(batch)]
-        return preprocess([arrays[i % len(arrays)] for i in range(batch)], meta)
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((batch,) + tuple(meta["input_size"])).astype(np.float32)
-
-
-def _dense_baseline(meta: dict, path: str | Path, baseline, checkpoint, folder: Path, threads, progress):
-    """--baseline, else a dense baseline already in ``folder`` made from the same model, weights,
-    input size and opset (--graphs-dir), else one exported there now."""
-    from .ort_backend import OrtBackend
-
-    kept = folder / f"{meta['model']}.dense.onnx"
-    if baseline is None and kept.is_file():
-        dense = OrtBackend(kept, threads=threads, stop_spinning=True)
-        dmeta = C.decode_metadata(dense.metadata_props)
-        if dmeta.get("family") == "seg" and dmeta.get("model") == meta.get("dense_name") and all(
-                dmeta.get(key) == meta.get(key) for key in ("weights", "input_size", "opset")):
-            return dense, dmeta
-    if baseline is None:
-        try:
-            from ..export.dovit_export import export_dense_baseline
-        except ImportError as exc:
-            from ..errors import MissingDependency
-
-            raise MissingDependency(f"exporting the dense baseline needs the export extras ({exc.name} is missing): "
-                                    "pip install 'tscli[export]', or give --baseline FILE") from None
-        progress("exporting the dense SETR baseline (same weights)")
-        baseline = export_dense_baseline(meta, kept, checkpoint)
-    dense = OrtBackend(baseline, threads=threads, stop_spinning=True)  # interleaved timing: see OrtBackend
-    dmeta = C.decode_metadata(dense.metadata_props)
-    if dmeta.get("family") != "seg" or list(dmeta.get("input_size", [])) != list(meta["input_size"]):
-        from ..errors import UsageError
-
-        raise UsageError(f"--baseline {str(baseline)!r} is not a dense segmentation model with input {meta['input_size']}")
-    return dense, dmeta
-
-
-def bench_seg(path: str | Path, xis: list[float] | None = None, batches: list[int] | None = None,
-              threads: int | None = None, runs: int = 5, warmup: int = 1, baseline: str | Path | None = None,
-              checkpoint: str | None = None, graphs_dir: str | Path | None = None, progress=lambda m: None) -> dict:
-    """Median latency of the DoViT file per (xi, batch) and of the dense baseline, measured in one
-    interleaved loop (each round runs every item once, order rotated by one per round, so drift of
-    a shared machine hits all alike). Also: kept fraction and saturation on the bench images, and
-    analytic GFLOPs (padded graph at C; token-pass equivalent of the measured counts; dense)."""
-    import tempfile
-    import time
-
-    from ..errors import UsageError
-    from .ort_backend import OrtBackend
-
-    dovit = OrtBackend(path, threads=threads, stop_spinning=True)
-    meta = C.decode_metadata(dovit.metadata_props)
-    if meta.get("family") != "dovit":
-        raise UsageError(f"segmentation bench needs a DoViT file; this one is {meta.get('family')!r}")
-    xis = [C.check_xi(v) for v in xis] if xis else [float(meta["xi"])]
-    batches = batches or [1]
-    if runs < 1 or warmup < 0 or any(b < 1 for b in batches):
-        raise UsageError(f"bad --runs {runs} / --warmup {warmup} / --batch {batches}; need runs >= 1, warmup >= 0, batch >= 1")
-    with tempfile.TemporaryDirectory(prefix="tscli-bench-") as tmp:
-        dense, dmeta = _dense_baseline(meta, path, baseline, checkpoint, Path(graphs_dir or tmp), threads, progress)
-        inputs = {b: _bench_inputs(meta, b) for b in batches}
-        items = [(b, xi) for b in batches for xi in xis] + [(b, None) for b in batches]
-        samples, outs = {}, {}
-
-        def once(b, xi):
-            feeds = {C.INPUT_IMAGES: inputs[b]}
-            if xi is not None:
-                feeds[C.INPUT_XI] = np.asarray(xi, np.float32)
-            t0 = time.perf_counter()
-            out = (dovit if xi is not None else dense).run(feeds)
-            return time.perf_counter() - t0, out
-
-        for _ in range(warmup):
-            for item in items:
-                once(*item)
-        for r in range(runs):
-            progress(f"round {r + 1}/{runs}")
-            shift = r % len(items)
-            for item in items[shift:] + items[:shift]:
-                seconds, outs[item] = once(*item)
-                samples.setdefault(item, []).append(seconds)
-    return {"schema": "tscli.bench-seg/1", "file": str(path), "model": meta["model"], "max_keep": meta["max_keep"],
-            "input_size": meta["input_size"], "provider": dovit.provider, "threads": threads, "runs": runs,
-            "warmup": warmup, "baseline": str(baseline) if baseline else "exported",
-            "rows": [_bench_row(meta, b, xi, samples, outs) for b in batches for xi in xis]}
-
-
-def _bench_row(meta: dict, batch: int, xi: float, samples: dict, outs: dict) -> dict:
-    ms = {k: float(np.median(v)) * 1e3 for k, v in samples.items()}
-    counts = outs[(batch, xi)][C.OUTPUT_COUNTS]
-    patches = int(np.prod(meta["grid"]))
-    return {
-        "xi": xi, "batch": batch, "dovit_ms": ms[(batch, xi)], "dense_ms": ms[(batch, None)],
-        "speedup_vs_dense": ms[(batch, None)] / ms[(batch, xi)],
-        "kept_fraction": float((counts[:, -1] / patches).mean()), "kept_counts": counts.tolist(),
-        "saturated": int(outs[(batch, xi)][C.OUTPUT_SATURATED].sum()),
-        "gflops_padded": seg_gflops(meta), "gflops_token_pass": float(np.mean([seg_gflops(meta, list(c)) for c in counts])),
-        "gflops_dense": seg_flops(meta, None) / 1e9,
-        "samples_ms": {"dovit": [round(v * 1e3, 3) for v in samples[(batch, xi)]],
-                       "dense": [round(v * 1e3, 3) for v in samples[(batch, None)]]},
-    }

@@ -1,4 +1,4 @@
-// ATS token picking for one image (DESIGN.md section 2, steps 2-6, plus the slot layout).
+// ATS token picking for one image (docs/design.md, ATS steps 2-6, plus the slot layout).
 //
 // The single implementation shared by the CPU library (ats_sampling_cpu.cpp), the CUDA kernel
 // (ats_sampling_kernels.cu) and therefore the TensorRT plugin. It mirrors

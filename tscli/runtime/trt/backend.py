@@ -10,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ... import contract as C
 from ...errors import CheckFailed, InputError, ModelFileError, UsageError
-from ...export import contract as C
 from ...files import sha256_file
+from ...plugins.locate import find_plugin_library
+from ..backend import BackendBase
 from . import manifest as M
 from .host import check_trt_version, detect_gpu, import_cudart, import_tensorrt
-from .profiles import Profile, choose_profile
+from .opt_profiles import Profile, choose_profile
+from .plugin_registry import check_plugin_ops, load_plugin_library
 
 
 def default_k(profiles: list[Profile], max_k: int | None) -> int | None:
@@ -36,8 +39,6 @@ def check_k_in_engine_range(engine, profile_index: int, k: int) -> None:
 
 
 def resolve_plugin_library(manifest: dict, explicit: str | None) -> Path | None:
-    from ...plugins.locate import find_plugin_library
-
     if not manifest.get("plugin_ops"):
         return None
     lib = find_plugin_library(explicit)
@@ -68,12 +69,10 @@ class _Cuda:
         self.check(self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync")
 
 
-class TrtBackend:
+class TrtBackend(BackendBase):
     name = "trt"
 
     def __init__(self, path: str | Path, k: int | None = None, plugins: str | None = None):
-        from .plugins import check_plugin_ops, load_plugin_library
-
         self.path = Path(path)
         self.manifest = M.read_manifest(self.path)
         trt = self.trt = import_tensorrt()

@@ -9,9 +9,9 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ...errors import MissingDependency
+from ...errors import MissingDependency, first_line
 
-# The oldest TensorRT whose ONNX parser handles TopK with a runtime K (DESIGN.md section 3).
+# The oldest TensorRT whose ONNX parser handles TopK with a runtime K (docs/design.md, "Operator traps").
 MIN_TRT = (8, 6)
 TRT_HINT = ("on Jetson install JetPack 6 (sudo apt install python3-libnvinfer; a venv needs "
             "--system-site-packages); on x86 `pip install tensorrt`")
@@ -34,8 +34,7 @@ def import_tensorrt():
     try:
         return importlib.import_module("tensorrt")
     except Exception as exc:  # noqa: BLE001 - OSError/RuntimeError from broken installs too
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise MissingDependency(f"TensorRT Python bindings not found ({reason}): {TRT_HINT}") from None
+        raise MissingDependency(f"TensorRT Python bindings not found ({first_line(exc, 160)}): {TRT_HINT}") from None
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

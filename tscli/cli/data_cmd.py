@@ -1,0 +1,50 @@
+"""`tscli list`, `tscli digits` and `tscli train-digits`: the model registry and offline data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import UsageError
+from .common import out, status, table
+
+
+def list_cmd(family: Optional[str] = typer.Option(None, help="Only this family (ats, dense, dovit, seg).")):
+    """List the registered model variants."""
+    from ..tools.catalog import model_rows
+
+    rows = model_rows(family)
+    t = table("model", "family", "dim/depth/heads", "input", "stages", "description")
+    for row in rows:
+        t.add_row(*row.values())
+    out.print(t)
+
+
+def digits_cmd(
+    folder: Path = typer.Argument(..., help="New folder for the ImageFolder (train/ and val/ inside)."),
+    size: int = typer.Option(32, "--size", help="Image side in pixels (the digits model takes 32)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
+):
+    """Write scikit-learn's digits as a labelled ImageFolder (real data that installs offline)."""
+    from ..data.digits import write_imagefolder
+
+    counts = write_imagefolder(folder, size=size, seed=seed)
+    out.print(f"wrote {folder}: {counts['train']} train, {counts['val']} val images in 10 class folders")
+
+
+def train_digits_cmd(
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write (.safetensors)."),
+    epochs: int = typer.Option(12, "--epochs", help="Training epochs (12: ~20 s on 2 CPU cores)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the init and the batches."),
+):
+    """Train the small digits ViT on the CPU; export it with `tscli export digits_ats --checkpoint FILE`."""
+    from ..tools.train_digits import train_digits
+
+    if epochs < 1:
+        raise UsageError(f"--epochs {epochs} is invalid; give at least 1")
+    with status("training") as spinner:
+        r = train_digits(output, epochs=epochs, seed=seed, progress=lambda msg: spinner.update(msg))
+    out.print(f"wrote {r.path}: {r.epochs} epochs in {r.seconds:.0f} s, train top-1 {r.train_accuracy:.3f}, "
+              f"val top-1 {r.val_accuracy:.3f} at K=max_k, {r.val_accuracy_k8:.3f} at K=8 (digits_ats, held-out split)")

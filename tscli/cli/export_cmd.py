@@ -1,0 +1,86 @@
+"""`tscli export`: a registered model -> one checked ONNX file (ATS, dense or segmentation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import UsageError
+from .common import optional_str, out, status, table, yes_no
+
+
+def export(
+    model: str = typer.Argument(..., help="Registered model name (see `tscli list`)."),
+    max_k: Optional[int] = typer.Option(None, "--max-k", help="Largest K the file will accept (ATS). Default: all patches."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (default: MODEL.onnx)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="timm/DeiT state_dict (.pth/.bin/.safetensors)."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="ATS blocks, e.g. 3-11 (default) or 3,6,9."),
+    sampling: str = typer.Option("paper", "--sampling", help="Sampling points: paper | official."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
+    form: str = typer.Option("plain", "--form", help="plain (standard ops only) | plugin (tscli.ATSSample nodes for the TensorRT plugin)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights when no checkpoint is given."),
+    no_validate: bool = typer.Option(False, "--no-validate", help="Skip the ONNX Runtime vs PyTorch check."),
+    mode: str = typer.Option("padded", "--mode", help="ATS: padded (static K+1 slots; TensorRT) | trimmed (slots cut to the batch max of K'+1; ONNX Runtime only)."),
+    max_keep: Optional[int] = typer.Option(None, "--max-keep", help="DoViT capacity C: most tokens kept after a decision layer. Default: all patches."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="Segmentation input HxW, multiples of the patch, e.g. 512x1024."),
+    xi: Optional[float] = typer.Option(None, "--xi", help="DoViT default threshold (0..1; a token with confidence > xi stops); changeable at load."),
+):
+    """Export a model to one ONNX file (dynamic batch, K chosen at load time), then check it."""
+    from ..tools.checked_export import ExportOptions, SegExportOptions, export_onnx, export_seg
+    from ..tools.catalog import is_segmentation_model
+
+    if is_segmentation_model(model):
+        if max_k is not None or stages is not None or sampling != "paper" or form != "plain" or mode != "padded":
+            raise UsageError(f"--max-k/--stages/--sampling/--form/--mode apply to ATS models; {model!r} is a segmentation model "
+                             "(use --max-keep/--input-size/--xi)")
+        opts = SegExportOptions(model, max_keep, input_size, xi, optional_str(output), optional_str(checkpoint), opset,
+                                seed, not no_validate)
+        with status("exporting") as spinner:
+            result = export_seg(opts, progress=lambda msg: spinner.update(msg))
+        meta = result.metadata
+        out.print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {meta['model']} ({meta['family']}), "
+                  f"input {meta['input_size'][1]}x{meta['input_size'][2]}, max_keep={meta['max_keep']}, xi={meta['xi']}, "
+                  f"decisions after blocks {meta['stages'] or '-'}")
+    else:
+        if max_keep is not None or input_size is not None or xi is not None:
+            raise UsageError(f"--max-keep/--input-size/--xi apply to segmentation models (dovit, seg); {model!r} is not one")
+        opts = ExportOptions(model, max_k, optional_str(output), optional_str(checkpoint), stages, sampling, opset, form,
+                             seed, not no_validate, mode)
+        with status("exporting") as spinner:
+            result = export_onnx(opts, progress=lambda msg: spinner.update(msg))
+        meta = result.metadata
+        out.print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {meta['model']}, "
+                  f"max_k={meta['max_k']}, stages={meta['stages'] or '-'}, scheme={meta['scheme']}, form={meta['form']}")
+    warnings = [f for f in result.lint.findings if f.level == "warning"]
+    out.print(f"lint: ok ({len(warnings)} warnings)" + "".join(f"\n  {w}" for w in warnings))
+    if result.validation is not None:
+        print_parity(result.validation)
+
+
+def print_parity(report) -> None:
+    """An ATS or a segmentation parity report as a table (export and `tscli parity` print it)."""
+    if report.rows and hasattr(report.rows[0], "xi"):
+        return _print_seg_parity(report)
+    t = table("K", "torch", "n", "max|dlogit|", "min cos", "top-1", "counts", "kept sets", "near-ties", "ok",
+              title=f"parity: {report.backend} ({report.provider}) vs PyTorch, tol {report.tolerance:.0e}")
+    for r in report.rows:
+        checked = r.images - r.near_ties
+        t.add_row(str(r.k), r.execution, str(r.images), f"{r.max_abs_diff:.1e}", f"{r.min_cosine:.6f}",
+                  f"{r.top1_agree}/{checked}", f"{r.counts_agree}/{r.images}", f"{r.sets_agree}/{checked}",
+                  str(r.near_ties), yes_no(r.ok))
+    out.print(t)
+
+
+def _print_seg_parity(report) -> None:
+    t = table("xi", "C", "images", "max|dlogit|", "argmax agree (min)", "counts", "masks", "saturated (ref)",
+              "flags", "kept frac", "near-ties", "ok",
+              title=f"segmentation parity: {report.backend} ({report.provider}) vs variable-length PyTorch, "
+                    f"tol {report.tolerance:.0e}")
+    for r in report.rows:
+        t.add_row("-" if r.xi is None else f"{r.xi:g}", str(r.capacity or "-"), str(r.images), f"{r.max_abs_diff:.2e}",
+                  f"{r.argmax_agree:.6f}", f"{r.counts_agree}/{r.images}", f"{r.masks_agree}/{r.images - r.near_ties}",
+                  str(r.saturated), f"{r.saturated_agree}/{r.images}", f"{r.kept_fraction:.3f}", str(r.near_ties),
+                  yes_no(r.ok))
+    out.print(t)

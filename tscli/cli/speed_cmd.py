@@ -1,0 +1,110 @@
+"""`tscli bench` and `tscli tune`: how fast a file runs here, and which K this device should use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .. import contract as C
+from ..errors import UsageError
+from .common import (Checkpoint, JsonFlag, Plugins, Threads, optional_str, out, parse_floats, parse_ints, print_json,
+                     status, table)
+
+
+def bench(
+    file: Path = typer.Argument(..., help="Exported ATS or DoViT .onnx file."),
+    k: str = typer.Option("", "--k", help="K values, comma list (default: max_k and max_k/2)."),
+    batch: str = typer.Option("1,8", "--batch", help="Batch sizes, comma list."),
+    backend: str = typer.Option("ort", "--backend", help="Runtime backend: ort."),
+    threads: Threads = None,
+    runs: int = typer.Option(10, "--runs", help="Interleaved rounds; medians are over these."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed rounds first."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Dense baseline .onnx (default: exported on the fly)."),
+    ideal: bool = typer.Option(False, "--ideal", help="Also time the ideal bound (same work minus all sampling)."),
+    no_dense: bool = typer.Option(False, "--no-dense", help="Skip the dense baseline."),
+    checkpoint: Checkpoint = None,
+    graphs_dir: Optional[Path] = typer.Option(None, "--graphs-dir", help="Keep/reuse the exported reference graphs here."),
+    as_json: JsonFlag = False,
+    xi: Optional[List[str]] = typer.Option(None, "--xi", help="DoViT files: thresholds to time (default: the export value)."),
+    plugins: Plugins = None,
+):
+    """Latency per (K, batch) vs the dense baseline and the ideal bound, interleaved so drift cancels."""
+    from ..runtime.ort.session import OrtBackend
+    from ..tools.bench import bench as run_bench
+    from ..tools.bench_seg import bench_seg
+
+    # Only the family is needed here: one plain session, not a runner (which would pin a K).
+    if C.is_segmentation(C.decode_metadata(OrtBackend(file, threads=1).metadata_props)):
+        if k or ideal or no_dense or plugins:
+            raise UsageError("--k/--ideal/--no-dense/--plugins apply to ATS files; this is a segmentation file (use --xi)")
+        with status("benchmarking") as spinner:
+            report = bench_seg(file, parse_floats(xi, "--xi"), parse_ints(batch, "--batch"), threads, runs, warmup,
+                               baseline, optional_str(checkpoint), graphs_dir, progress=lambda msg: spinner.update(msg))
+        return print_json(report) if as_json else _print_seg_bench(report)
+    if xi:
+        raise UsageError("--xi applies to DoViT segmentation files")
+    with status("benchmarking") as spinner:
+        report = run_bench(file, parse_ints(k, "--k") or None, parse_ints(batch, "--batch"), backend, threads, runs, warmup,
+                           baseline, ideal, not no_dense, optional_str(checkpoint), graphs_dir,
+                           progress=lambda msg: spinner.update(msg), plugins=plugins)
+    return print_json(report) if as_json else _print_bench(report)
+
+
+def _print_bench(report: dict) -> None:
+    t = table("K", "batch", "ATS ms", "p90 ms", "img/s", "GFLOPs", "dense ms", "speed-up", "ideal ms", "ideal speed-up",
+              "of ideal", title=f"bench {report['model']} ({report['mode']}): {report['backend']} {report['provider']}, "
+                                f"threads={report['threads'] or 'default'}, median of {report['runs']} interleaved runs")
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for r in report["rows"]:
+        a, d, i = r["ats"], r["dense"], r["ideal"]
+        t.add_row(str(r["k"]), str(r["batch"]), f"{a['median_ms']:.1f}", f"{a['p90_ms']:.1f}", f"{a['images_per_s']:.1f}",
+                  f"{a['gflops']:.2f}" + (f" / {d['gflops']:.2f}" if d else ""), fmt(d and d["median_ms"], ".1f"),
+                  fmt(r["speedup_vs_dense"], ".2f") + ("x" if d else ""), fmt(i and i["median_ms"], ".1f"),
+                  fmt(r["ideal_speedup_vs_dense"], ".2f"), fmt(r["fraction_of_ideal"], ".3f"))
+    out.print(t, width=max(out.width, 130))  # 11 columns: do not wrap them in a narrow pipe
+
+
+def _print_seg_bench(report: dict) -> None:
+    t = table("xi", "batch", "DoViT ms", "dense ms", "speed-up", "kept frac", "saturated", "GFLOPs padded / token-pass / dense",
+              title=f"bench {report['model']} C={report['max_keep']} input {report['input_size'][1]}x{report['input_size'][2]}: "
+                    f"ort {report['provider']}, threads={report['threads'] or 'default'}, median of {report['runs']} interleaved runs")
+    for r in report["rows"]:
+        t.add_row(f"{r['xi']:g}", str(r["batch"]), f"{r['dovit_ms']:.1f}", f"{r['dense_ms']:.1f}", f"{r['speedup_vs_dense']:.2f}x",
+                  f"{r['kept_fraction']:.3f}", f"{r['saturated']}/{r['batch']}",
+                  f"{r['gflops_padded']:.3g} / {r['gflops_token_pass']:.3g} / {r['gflops_dense']:.3g}")
+    out.print(t)
+
+
+def tune(
+    file: Path = typer.Argument(..., help="Exported ATS .onnx file."),
+    data: Path = typer.Option(..., "--data", help="Images: an ImageFolder (class sub-folders) or a plain folder."),
+    labels: str = typer.Option("auto", "--labels", help="ImageFolder (top-1 vs folder labels) | none (agreement with max_k) | auto."),
+    budget_ms: Optional[float] = typer.Option(None, "--budget-ms", help="Most accurate K whose median latency fits."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Fastest K within P accuracy points of max_k (default 1.0)."),
+    k_grid: str = typer.Option("", "--k-grid", help="K values, comma list (default: 8 fractions of max_k)."),
+    batch: int = typer.Option(1, "--batch", help="Batch size of the latency measurement."),
+    threads: Threads = None,
+    runs: int = typer.Option(10, "--runs", help="Interleaved latency rounds."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most N images (a fixed subset)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Profile store (default: MODEL.profiles.json next to the file); .md and .png go beside it."),
+    as_json: JsonFlag = False,
+    plugins: Plugins = None,
+):
+    """Sweep K on this device: latency and accuracy, choose K, write a device profile for --k auto."""
+    from ..tools.tune import tune as run_tune
+
+    with status("tuning") as spinner:
+        report = run_tune(file, data, labels, budget_ms, max_drop, parse_ints(k_grid, "--k-grid") or None, batch, threads,
+                          runs, 2, limit, output, progress=lambda msg: spinner.update(msg), plugins=plugins)
+    if as_json:
+        return print_json(report)
+    t = table("K", "median ms", "p90 ms", "accuracy" if report["accuracy_kind"] == "top1" else "agreement", "GFLOPs",
+              title=f"tune {report['model']}: batch {report['batch']}, {report['images']} images, {report['fingerprint']['cpu']}")
+    for r in report["table"]:
+        t.add_row(f"[bold green]{r['k']} <-[/]" if r["k"] == report["chosen_k"] else str(r["k"]), f"{r['median_ms']:.2f}",
+                  f"{r['p90_ms']:.2f}", f"{r['accuracy']:.4f}", f"{r['gflops']:.4f}")
+    out.print(t)
+    out.print(f"chosen K={report['chosen_k']} ({report['objective']}); profile -> {report['profile_store']}, "
+              f"table -> {report['markdown']}, plot -> {report['plot'] or 'skipped (pip install matplotlib)'}")

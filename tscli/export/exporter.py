@@ -1,0 +1,97 @@
+"""What every tscli exporter shares: the torch.onnx.export call, the metadata stamp, the
+optional second optimisation pass and the checked, atomic write.
+
+The file is written to a temporary name, checked (onnx.checker full check, the TensorRT lint and
+an optional post-export check passed in by the caller) and only then renamed into place: a failed
+export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import torch
+
+from .. import __version__, contract as C
+from ..errors import TscliError, UsageError
+from ..files import atomic_path
+from .lint import LintReport, lint_model
+
+MIN_OPSET = 17
+# A post-export check: called with the temporary file's path, returns a report with
+# raise_if_failed() (tools/ builds it from the runtime and the PyTorch reference).
+Validator = Callable[[str], object]
+
+
+def check_opset(opset: int) -> None:
+    """Shared by every exporter: LayerNormalization needs 17; above what onnx knows nothing exports."""
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise UsageError(f"--opset {opset} is out of range; valid: {MIN_OPSET}..{newest} "
+                         "(17 is the first with LayerNormalization)")
+
+
+def run_exporter(module: torch.nn.Module, example: tuple, names: tuple[list[str], list[str]], dynamic: dict,
+                 opset: int, translation: dict | None = None) -> onnx.ModelProto:
+    """torch.onnx.export the way every tscli exporter calls it: dynamo, one file (no external
+    data), the given dynamic dims, and quiet (the exporter prints progress and a long report,
+    warns about its own internals, and logs every data-dependent size of a trimmed export)."""
+    shape_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level = shape_log.level
+    shape_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(
+                module, example, dynamo=True, external_data=False, opset_version=opset, verbose=False,
+                input_names=names[0], output_names=names[1], dynamic_shapes=dynamic,
+                custom_translation_table=translation,
+            )
+    finally:
+        shape_log.setLevel(level)
+    return prog.model_proto
+
+
+def stamp(model: onnx.ModelProto, meta: dict) -> onnx.ModelProto:
+    """Write the contract's metadata (tscli/contract.py) and tscli as the producer."""
+    for key, value in C.encode_metadata(meta).items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name, model.producer_version = "tscli", __version__
+    return model
+
+
+def optimize_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding, dead-code and redundant Shape/Cast/Expand removal (onnxscript's optimizer).
+
+    Used by the DoViT and benchmark-graph exporters on graphs they post-process after the
+    exporter's own optimisation pass (the ATS plain form needs no second pass: measured, it
+    removes nothing there).
+    """
+    import onnxscript.optimizer
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return onnxscript.optimizer.optimize(model)
+
+
+def write_checked(model: onnx.ModelProto, out: Path, validate: Validator | None = None,
+                  progress: Callable[[str], None] = lambda msg: None) -> tuple[LintReport, object | None]:
+    """Save beside ``out`` under a temporary name, run the full checker, the lint and
+    ``validate(tmp_path)`` (a report with ``raise_if_failed``), then rename into place. Any failure
+    leaves nothing on disk. Every exporter ends here."""
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+        progress("checking (onnx.checker full check, lint)")
+        onnx.checker.check_model(str(tmp), full_check=True)
+        lint = lint_model(onnx.load(str(tmp)))
+        if not lint.ok:
+            raise TscliError(f"exported graph failed the lint: {lint.first_error()}")
+        report = validate(str(tmp)) if validate else None
+        if report is not None:
+            report.raise_if_failed()
+    return lint, report

@@ -1,0 +1,66 @@
+"""Reference graphs for ``tscli bench``: the dense baseline and the "ideal" bound of an ATS file.
+
+Both are rebuilt from the ATS file's metadata with the same weights (random seed or checkpoint)
+and exported the way export/exporter.py exports (dynamo, one file, dynamic batch; the ideal
+graph also has the same dynamic K input), written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from .. import contract as C
+from ..errors import UsageError
+from ..files import atomic_path
+from ..models.factory import build_from_metadata, vit_kwargs
+from ..models.ideal import IdealATS
+from .exporter import optimize_graph, run_exporter, stamp
+
+GRAPHS = ("dense", "ideal")
+
+
+def _module_for(graph: str, meta: dict, checkpoint: str | None) -> torch.nn.Module:
+    built = build_from_metadata(meta, checkpoint)
+    if graph == "ideal":
+        return IdealATS(built.module).eval()
+    dense = VisionTransformer(**vit_kwargs(built.config))
+    # strict: the ATS model is a timm VisionTransformer with swapped blocks, same parameter names.
+    dense.load_state_dict(built.module.state_dict(), strict=True)
+    return dense.eval()
+
+
+def _export(module: torch.nn.Module, graph: str, meta: dict) -> onnx.ModelProto:
+    size = meta["input_size"]
+    images = torch.randn(2, *size)
+    batch = torch.export.Dim(C.DIM_BATCH, min=1, max=4096)
+    max_k = int(meta["max_k"])
+    if graph == "ideal":
+        example = (images, torch.zeros(min(max_k, 4)))
+        k_dim = torch.export.Dim(C.DIM_K, min=1, max=max_k) if max_k > 1 else None
+        dynamic = {"images": {0: batch}, "k_select": {0: k_dim} if k_dim else {}}
+        names = [C.INPUT_IMAGES, C.INPUT_K]
+    else:
+        example, dynamic, names = (images,), {"x": {0: batch}}, [C.INPUT_IMAGES]
+    return optimize_graph(run_exporter(module, example, (names, [C.OUTPUT_LOGITS]), dynamic, int(meta["opset"])))
+
+
+def export_bench_graph(graph: str, meta: dict, path: str | Path, checkpoint: str | None = None) -> Path:
+    """Export the ``dense`` baseline or the ``ideal`` bound of the ATS file described by ``meta``."""
+    if graph not in GRAPHS:
+        raise UsageError(f"unknown bench graph {graph!r}; valid: {', '.join(GRAPHS)}")
+    if meta.get("family") != "ats":
+        raise UsageError(f"bench reference graphs need an ATS file; this one is {meta.get('family')!r}")
+    path = Path(path)
+    model = _export(_module_for(graph, meta, checkpoint), graph, meta)
+    ref = dict(meta, family="dense" if graph == "dense" else "ideal", bench_graph=graph)
+    if graph == "dense":
+        ref.update(model=meta.get("dense_name") or f"{meta['model']}-dense", max_k=None, stages=[], scheme=None)
+    stamp(model, ref)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))
+    return path

@@ -1,0 +1,37 @@
+"""``tscli export``'s front door: the exporters of tscli/export/ with the post-export check.
+
+The exporters know nothing of the runtime (export sits below it); the check that a written file
+runs in ONNX Runtime and matches PyTorch is passed in here, where both are available.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .. import contract as C
+from ..export.ats_export import ExportOptions, ExportResult, export_ats
+from ..export.seg_export import SegExportOptions, SegExportResult
+from ..export.seg_export import export_seg as _export_seg
+from ..models.catalog import get_config
+from . import parity, seg_parity
+
+__all__ = ["ExportOptions", "ExportResult", "SegExportOptions", "SegExportResult", "export_onnx", "export_seg",
+           "export_variant"]
+
+
+def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda msg: None) -> ExportResult:
+    """Export an ATS or dense model; with ``opts.validate`` the file is checked against PyTorch
+    in ONNX Runtime before it is renamed into place."""
+    return export_ats(opts, parity.validate_export, progress)
+
+
+def export_seg(opts: SegExportOptions, progress: Callable[[str], None] = lambda msg: None) -> SegExportResult:
+    """Export a DoViT / SETR model, checked against the variable-length PyTorch reference."""
+    return _export_seg(opts, seg_parity.validate_seg_export, progress)
+
+
+def export_variant(model: str, output: str, progress: Callable[[str], None] = lambda msg: None):
+    """Export any registered variant with its family's defaults (checked as above)."""
+    if get_config(model).family in C.SEG_FAMILIES:
+        return export_seg(SegExportOptions(model, output=output), progress)
+    return export_onnx(ExportOptions(model, output=output), progress)

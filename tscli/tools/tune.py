@@ -1,0 +1,240 @@
+"""``tscli tune``: sweep K on this device, measure latency and accuracy, choose K, write a profile.
+
+Accuracy: top-1 against the folder's labels when it is an ImageFolder (class sub-folders; a class
+maps to the model's class of the same name when the file has label names, else by sorted
+position), otherwise agreement of the top-1 with the max_k output. Latency: median and p90 of
+``runs`` interleaved rounds (every K once per round, rotating order) on ``batch`` images, each K
+in its own session with K pinned, as ``runtime.load`` runs it.
+
+Choice: with ``budget_ms``, the most accurate K whose median latency fits (ties: the faster);
+with ``max_drop`` (percentage points of accuracy below the max_k accuracy; 1.0 by default), the
+fastest K that stays within it. A budget no K meets is an error that names the fastest K.
+
+Outputs: the profile (runtime/device_profiles.py; merged into the store), ``<stem>.md`` (the table) and
+``<stem>.png`` (accuracy and latency vs K) next to the store. JSON report schema ``tscli.tune/1``:
+{"schema", "file", "model", "data", "labels", "images", "batch", "runs", "fingerprint",
+ "objective", "chosen_k", "accuracy_kind", "table": [{"k", "median_ms", "p90_ms", "accuracy",
+ "gflops"}], "plugins", "profile_store", "markdown", "plot"}; "plugins" is the ORT op library a
+plugin-form file was timed with, or null.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import contract as C
+from ..data.digits import read_imagefolder
+from ..errors import InputError, UsageError, require
+from ..files import atomic_path
+from ..runtime import device_profiles as P
+from ..runtime import flops as F
+from ..runtime.images import images_in
+from ..runtime.ort.session import OrtBackend
+from ..runtime.preprocess import preprocess
+from .timing import interleaved
+
+SCHEMA = "tscli.tune/1"
+LABEL_MODES = ("auto", "ImageFolder", "none")
+EVAL_BATCH = 64  # images per inference when measuring accuracy (not the latency batch)
+
+
+def default_grid(max_k: int) -> list[int]:
+    return sorted({max(1, round(max_k * f)) for f in (1, 7 / 8, 3 / 4, 5 / 8, 1 / 2, 3 / 8, 1 / 4, 1 / 8)}, reverse=True)
+
+
+def load_data(data: str | Path, labels: str, meta: dict, limit: int | None):
+    """-> (preprocessed images, label indices or None, 'top1' | 'agreement')."""
+    if labels not in LABEL_MODES:
+        raise UsageError(f"unknown --labels {labels!r}; valid: {', '.join(LABEL_MODES)}")
+    folder = Path(data)
+    if not folder.is_dir():
+        raise InputError(f"--data {str(folder)!r} is not a folder")
+    is_folder = any(p.is_dir() for p in folder.iterdir())
+    if labels == "ImageFolder" or (labels == "auto" and is_folder):
+        files, y, classes = read_imagefolder(folder)
+        names = meta.get("label_names")
+        if isinstance(names, list) and all(c in names for c in classes):
+            y = np.asarray([names.index(classes[i]) for i in y], np.int64)
+        elif len(classes) > int(meta["num_classes"]):
+            raise InputError(f"{len(classes)} class folders under {str(folder)!r}, but the model has {meta['num_classes']} classes")
+    else:
+        files, y = images_in(folder), None
+    if limit:
+        order = np.random.default_rng(0).permutation(len(files))[:limit]  # a fixed, class-mixed subset
+        files = [files[i] for i in sorted(order)]
+        y = None if y is None else y[sorted(order)]
+    return preprocess([str(f) for f in files], meta), y, ("top1" if y is not None else "agreement")
+
+
+def _predict(backend: OrtBackend, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    tops, counts = [], []
+    for i in range(0, len(x), EVAL_BATCH):
+        out = backend.run({C.INPUT_IMAGES: x[i:i + EVAL_BATCH], C.INPUT_K: np.zeros(k, np.float32)})
+        tops.append(out[C.OUTPUT_LOGITS].argmax(-1))
+        counts.append(out[C.OUTPUT_COUNTS])
+    return np.concatenate(tops), np.concatenate(counts)
+
+
+def _latency(path: str | Path, threads: int | None, x: np.ndarray, ks: list[int], runs: int, warmup: int,
+             progress, plugins: str | Path | None = None) -> dict[int, list[float]]:
+    """Milliseconds per K. Each K runs in its own session with K pinned, as ``runtime.load(FILE,
+    k)`` runs it (a few per cent faster at batch 1 than a free K), interleaved (tools/timing.py)."""
+    progress(f"opening {len(ks)} sessions (one per K, K pinned)")
+    sessions = {k: OrtBackend(path, threads=threads, fixed_dims={C.DIM_K: k}, stop_spinning=True, plugins=plugins)
+                for k in ks}
+    feeds = {k: {C.INPUT_IMAGES: x, C.INPUT_K: np.zeros(k, np.float32)} for k in ks}
+    timings = interleaved(ks, lambda k: sessions[k].run(feeds[k]), runs, warmup, progress, label="latency round")
+    return {k: list(timings.ms(k)) for k in ks}
+
+
+def check_objective(budget_ms: float | None, max_drop: float | None) -> None:
+    """The objective options alone (tune calls it before measuring anything)."""
+    if budget_ms is not None and max_drop is not None:
+        raise UsageError("give either --budget-ms or --max-drop, not both")
+    if budget_ms is not None and budget_ms <= 0:
+        raise UsageError(f"--budget-ms {budget_ms} must be positive")
+    if max_drop is not None and max_drop < 0:
+        raise UsageError(f"--max-drop {max_drop} must be >= 0 (percentage points of accuracy)")
+
+
+def choose(table: list[dict], budget_ms: float | None, max_drop: float | None,
+           reference: dict | None = None) -> tuple[int, dict]:
+    """Pick K from the measured table (rows with k, median_ms, accuracy). Pure logic, tested.
+
+    ``reference`` ({"k", "accuracy"}): what --max-drop is measured from, the file's max_k;
+    without it, the table's largest K."""
+    check_objective(budget_ms, max_drop)
+    if budget_ms is not None:
+        fits = [r for r in table if r["median_ms"] <= budget_ms]
+        if not fits:
+            fastest = min(table, key=lambda r: r["median_ms"])
+            raise UsageError(f"no K meets --budget-ms {budget_ms:g}: the fastest, K={fastest['k']}, takes "
+                             f"{fastest['median_ms']:.2f} ms on this device; raise the budget or use a smaller batch")
+        best = max(fits, key=lambda r: (r["accuracy"], -r["median_ms"]))
+        return int(best["k"]), {"budget_ms": budget_ms}
+    drop = 1.0 if max_drop is None else max_drop
+    top = reference or max(table, key=lambda r: r["k"])
+    ok = [r for r in table if r["accuracy"] >= top["accuracy"] - drop / 100.0 - 1e-12]
+    if not ok:  # only possible when max_k is not in the grid
+        best = max(table, key=lambda r: r["accuracy"])
+        raise UsageError(f"no K in the grid stays within --max-drop {drop:g} points of K={top['k']} "
+                         f"({top['accuracy']:.4f}); the most accurate, K={best['k']}, reaches {best['accuracy']:.4f}: "
+                         "add larger K to --k-grid or allow a larger drop")
+    best = min(ok, key=lambda r: (r["median_ms"], -r["accuracy"]))
+    return int(best["k"]), {"max_drop_points": drop, "reference_k": int(top["k"]), "reference_accuracy": top["accuracy"]}
+
+
+def measure(path: str | Path, data: str | Path, labels: str = "auto", k_grid: list[int] | None = None, batch: int = 1,
+            threads: int | None = None, runs: int = 10, warmup: int = 2, limit: int | None = None,
+            progress: Callable[[str], None] = lambda m: None,
+            plugins: str | Path | None = None) -> tuple[dict, OrtBackend, list[dict], dict, str, int]:
+    """-> (metadata, session, table, reference {"k": max_k, "accuracy"}, accuracy kind, images).
+    ``plugins``: the ORT op library a plugin-form file is deployed with (timed and evaluated with it)."""
+    backend = OrtBackend(path, threads=threads, plugins=plugins)
+    meta = C.decode_metadata(backend.metadata_props)
+    if meta.get("family") != "ats" or not meta.get("max_k"):
+        raise UsageError(f"tune sweeps K of an ATS file; {str(path)!r} is {meta.get('family')!r}")
+    max_k = int(meta["max_k"])
+    ks = sorted({C.check_k(k, max_k, "--k-grid") for k in k_grid or default_grid(max_k)}, reverse=True)
+    if batch < 1 or runs < 1:
+        raise UsageError(f"--batch {batch} / --runs {runs} must be >= 1")
+    progress("reading images")
+    x, y, kind = load_data(data, labels, meta, limit)
+    if len(x) < batch:
+        raise InputError(f"{len(x)} images under {str(data)!r}, fewer than --batch {batch}")
+    progress(f"accuracy at {len(set(ks) | {max_k})} K values on {len(x)} images")
+    # max_k is always measured: it is the reference of --max-drop, and of agreement without labels.
+    preds = {k: _predict(backend, x, k) for k in sorted(set(ks) | {max_k}, reverse=True)}
+    truth = y if y is not None else preds[max_k][0]
+    times = _latency(path, threads, x[:batch], ks, runs, warmup, progress, plugins)
+    arch = F.arch_from_meta(meta)
+    table = []
+    for k in ks:
+        top1, counts = preds[k]
+        gflops = (F.trimmed_flops(arch, counts) if meta.get("mode") == "trimmed" else F.padded_flops(arch, k)) / 1e9
+        table.append({"k": k, "median_ms": float(np.median(times[k])), "p90_ms": float(np.percentile(times[k], 90)),
+                      "accuracy": float(np.mean(top1 == truth)), "gflops": gflops})
+    reference = {"k": max_k, "accuracy": float(np.mean(preds[max_k][0] == truth))}
+    return meta, backend, table, reference, kind, len(x)
+
+
+def markdown(report: dict) -> str:
+    fp = report["fingerprint"]
+    acc = "top-1" if report["accuracy_kind"] == "top1" else "top-1 agreement with max_k"
+    lines = [f"# tscli tune: {report['model']} on this device", "",
+             f"- device: {P.describe(fp)} (onnxruntime {fp.get('onnxruntime')}, numpy {fp.get('numpy')})",
+             f"- data: {report['data']} ({report['images']} images, accuracy = {acc})",
+             f"- latency: batch {report['batch']}, median/p90 of {report['runs']} interleaved rounds"
+             + (f", with the ORT op library {Path(report['plugins']).name}" if report.get("plugins") else ""),
+             f"- objective: {report['objective']}; **chosen K = {report['chosen_k']}**", "",
+             "| K | median ms | p90 ms | accuracy | GFLOPs |", "|---:|---:|---:|---:|---:|"]
+    for r in report["table"]:
+        mark = " **<-**" if r["k"] == report["chosen_k"] else ""
+        lines.append(f"| {r['k']}{mark} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['accuracy']:.4f} | {r['gflops']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> Path:
+    """Accuracy and median latency vs K (two y axes), the chosen K marked. Temp file + rename."""
+
+    matplotlib = require("matplotlib", "pip install matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(report["table"], key=lambda r: r["k"])
+    ks = [r["k"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(ks, [r["accuracy"] for r in rows], "o-", color="tab:blue", label="accuracy")
+    ax.set_xlabel("K (points per ATS stage)")
+    ax.set_ylabel("top-1" if report["accuracy_kind"] == "top1" else "agreement with max_k", color="tab:blue")
+    lat = ax.twinx()
+    lat.plot(ks, [r["median_ms"] for r in rows], "s--", color="tab:red", label="latency")
+    lat.set_ylabel(f"median latency, batch {report['batch']} (ms)", color="tab:red")
+    ax.axvline(report["chosen_k"], color="gray", linestyle=":", label=f"chosen K={report['chosen_k']}")
+    ax.set_title(f"{report['model']}: accuracy and latency vs K\n{report['fingerprint']['cpu']}", fontsize=9)
+    handles = ax.get_legend_handles_labels()[0] + lat.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8)
+    fig.tight_layout()
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def tune(path: str | Path, data: str | Path, labels: str = "auto", budget_ms: float | None = None,
+         max_drop: float | None = None, k_grid: list[int] | None = None, batch: int = 1, threads: int | None = None,
+         runs: int = 10, warmup: int = 2, limit: int | None = None, output: str | Path | None = None,
+         progress: Callable[[str], None] = lambda m: None, plugins: str | Path | None = None) -> dict:
+    """Measure, choose K, and write the profile (+ .md and .png beside the store)."""
+    check_objective(budget_ms, max_drop)
+    store = Path(output) if output else P.default_store(path)
+    if not store.parent.is_dir():
+        raise UsageError(f"output folder {str(store.parent)!r} does not exist")
+    meta, backend, table, reference, kind, n = measure(path, data, labels, k_grid, batch, threads, runs, warmup,
+                                                       limit, progress, plugins)
+    chosen, objective = choose(table, budget_ms, max_drop, reference)  # raises before anything is written
+    library = str(plugins) if plugins is not None else None
+    fp = P.fingerprint("ort", backend.provider)
+    profile = {"fingerprint": fp, "model": P.model_identity(meta), "chosen_k": chosen, "batch": batch,
+               "objective": objective, "accuracy_kind": kind, "table": table,
+               "plugins": library,
+               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    report = {"schema": SCHEMA, "file": str(path), "model": meta.get("model"), "data": str(data), "labels": labels,
+              "images": n, "batch": batch, "runs": runs, "fingerprint": fp, "objective": objective,
+              "chosen_k": chosen, "accuracy_kind": kind, "table": table,
+              "plugins": library}
+    P.add_profile(store, profile)
+    md = store.with_suffix(".md")
+    with atomic_path(md, suffix=".md") as tmp:
+        tmp.write_text(markdown(report))
+    # The plot is a convenience: without matplotlib (a deploy host) the profile and table still count.
+    png = plot(report, store.with_suffix(".png")) if importlib.util.find_spec("matplotlib") else None
+    report.update(profile_store=str(store), markdown=str(md), plot=str(png) if png else None)
+    return report
