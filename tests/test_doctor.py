@@ -10,9 +10,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from tscli.runtime.trt import host
 from tscli.tools import doctor as D
 from tscli.tools.selftest import LOGIT_TOL, compare_outputs
-from tscli.runtime.trt import host
 
 
 def test_hand_encoded_probe_model_is_valid_onnx_and_runs():

@@ -12,14 +12,14 @@ import onnx
 import pytest
 import torch
 
-from tscli.errors import UsageError
 from tscli import contract as C
-from tscli.tools.checked_export import SegExportOptions, export_seg
-from tscli.tools.seg_parity import compare_seg, rebuild, seg_parity
-from tscli.models.factory import build_model
+from tscli.errors import UsageError
 from tscli.models.catalog import get_config
+from tscli.models.factory import build_model
 from tscli.runtime import load
 from tscli.runtime.preprocess import preprocess
+from tscli.tools.checked_export import SegExportOptions, export_seg
+from tscli.tools.seg_parity import compare_seg, rebuild, seg_parity
 
 TOL = 1e-4
 

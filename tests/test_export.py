@@ -7,9 +7,9 @@ import onnx
 import pytest
 
 from tscli import contract as C
-from tscli.tools.parity import LOGIT_ATOL
 from tscli.models.factory import build_from_metadata
 from tscli.runtime import load
+from tscli.tools.parity import LOGIT_ATOL
 
 
 def _dims(value):
@@ -36,8 +36,8 @@ def test_contract(tiny_exports):
 
 @pytest.mark.parametrize("scheme", ["paper", "official"])
 def test_ort_matches_torch_on_real_and_random_images(tiny_exports, sample_arrays, scheme):
-    from tscli.tools.parity import run_parity
     from tscli.runtime.preprocess import preprocess
+    from tscli.tools.parity import run_parity
 
     path = tiny_exports[scheme]
     meta = load(path).meta
@@ -91,7 +91,8 @@ def test_plugin_form_runs_its_function_body_and_equals_plain(tiny_exports):
 def test_failed_validation_leaves_nothing(tmp_path, monkeypatch):
     """A parity failure during export exits with CheckFailed and no file on disk."""
     from tscli.errors import CheckFailed
-    from tscli.tools import checked_export as onnx_export, parity as validate
+    from tscli.tools import checked_export as onnx_export
+    from tscli.tools import parity as validate
 
     def broken(path, built, meta):
         report = validate.ParityReport("ort", "CPUExecutionProvider")
@@ -120,8 +121,8 @@ def test_deit_s_ats_acceptance(deit_s_export, sample_arrays):
     path, result = deit_s_export
     assert result.validation.ok and result.lint.ok
     onnx.checker.check_model(str(path), full_check=True)
-    from tscli.tools.parity import run_parity
     from tscli.runtime.preprocess import preprocess
+    from tscli.tools.parity import run_parity
 
     meta = load(path).meta
     x = preprocess(sample_arrays[:3], meta)
@@ -135,8 +136,8 @@ def test_deit_s_ats_acceptance(deit_s_export, sample_arrays):
             assert counts.shape == (batch, 9) and (counts <= k + 1).all()
     import torch
 
-    from tscli.models.factory import build_model
     from tscli.models.catalog import get_config
+    from tscli.models.factory import build_model
 
     with torch.no_grad():
         dense = build_model(get_config("deit_s")).module(torch.from_numpy(x)).numpy()
@@ -147,9 +148,9 @@ def test_deit_s_ats_acceptance(deit_s_export, sample_arrays):
 def test_deit_t_ats_official_scheme_parity(tmp_path, sample_arrays):
     """Official scheme on a real architecture: ORT == PyTorch (padded and trimmed) on real images
     and random inputs, at max_k and two smaller K."""
+    from tscli.runtime.preprocess import preprocess
     from tscli.tools.checked_export import ExportOptions, export_onnx
     from tscli.tools.parity import run_parity
-    from tscli.runtime.preprocess import preprocess
 
     path = tmp_path / "deit_t_ats_official.onnx"
     export_onnx(ExportOptions("deit_t_ats", max_k=196, output=str(path), scheme="official", validate=False))
@@ -164,19 +165,35 @@ def test_deit_t_ats_official_scheme_parity(tmp_path, sample_arrays):
 
 
 def test_parity_compare_counts_sets_and_near_ties():
-    """compare(): every image must agree on counts, sets and logits unless its picks differ only
-    within a near-tie (smallest decision margin below 1e-6), which is counted apart."""
+    """compare(): every image must agree on counts, sets and logits, unless its kept sets first
+    differ only in tokens whose decisions were inside the tie band (re-decided in float64).
+
+    One stage, 3 candidates (tokens 1-3) with scores 0.5, 0.2, 0.3, K=2 paper points 0.25 and
+    0.75: sorted CDF 0.2 (token 2), 0.5 (token 3), 1.0 (token 1). Point 0.75 is exactly halfway
+    between tokens 3 and 1 (margin 0: either may be picked); point 0.25 picks token 2 with
+    margin 0.2 (far outside any band)."""
     import numpy as np
+    import torch
 
-    from tscli.tools.parity import compare
+    from tscli.models.ats import StageRecord
+    from tscli.tools.parity import Reference, compare
 
-    logits = np.array([[1.0, 2.0, 0.5], [0.1, 0.2, 0.3]], np.float32)
-    counts = np.array([[3, 2], [3, 2]])
-    pos = [np.array([[0, 4, 9], [0, 5, 7]]), np.array([[0, 4, -1], [0, 7, -1]])]
-    got = {"logits": logits + 1e-6, "kept_counts": counts.copy(), "kept_positions": np.stack(pos, 1)}
-    row = compare((logits, counts, pos, np.array([0.1, 0.1])), got, 2, "padded")
-    assert row.ok and (row.counts_agree, row.sets_agree, row.near_ties) == (2, 2, 0)
-    bad = dict(got, kept_counts=np.array([[3, 2], [3, 3]]))  # same sets, a different count
-    assert not compare((logits, counts, pos, np.array([0.1, 0.1])), bad, 2, "padded").ok
-    near = compare((logits, counts, pos, np.array([0.1, 1e-8])), bad, 2, "padded")
-    assert near.ok and near.near_ties == 1 and near.counts_agree == 1
+    rec = StageRecord(torch.tensor([3]), torch.tensor([[0, 2, 3]]), None, torch.tensor([[0.5, 0.2, 0.3]]),
+                      torch.tensor([[True, True, True]]), torch.tensor([[1, 2, 3]]))
+    logits = np.array([[1.0, 2.0, 0.5]], np.float32)
+    ref = Reference(logits, [rec], k=2, scheme="paper")
+
+    def got(positions, counts=3, shift=1e-6):
+        return {"logits": logits + shift, "kept_counts": np.array([[counts]]), "kept_positions": np.array([[positions]])}
+
+    row = compare(ref, got([0, 2, 3]), 2, "padded")
+    assert row.ok and (row.counts_agree, row.sets_agree, row.near_ties, row.divergences) == (1, 1, 0, [])
+    assert not compare(ref, got([0, 2, 3], counts=2), 2, "padded").ok  # same set, a different count
+    assert not compare(ref, got([0, 2, 3], shift=1e-3), 2, "padded").ok  # logits beyond the tolerance
+    near = compare(ref, got([0, 2, 1], shift=5.0), 2, "padded")  # token 1 instead of 3: inside the band
+    assert near.ok and near.near_ties == 1 and near.divergences[0].near_tie
+    assert near.divergences[0].margin < 1e-7 and near.divergences[0].stage == 0  # 0 up to float32 inputs
+    bad = compare(ref, got([0, 1, 3]), 2, "padded")  # token 1 instead of 2: margin 0.2
+    assert not bad.ok and not bad.divergences[0].near_tie
+    assert bad.divergences[0].margin == pytest.approx(0.2) and bad.divergences[0].band < 1e-4
+

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tscli.errors import CheckpointError, UsageError
-from tscli.models.factory import build_model
 from tscli.models.catalog import get_config, list_models
+from tscli.models.factory import build_model
 from tscli.models.registry import parse_stages
 
 # Logits, fp32. Measured here: padded vs trimmed <= 5e-8 (tiny_ats), alone vs in a batch <= 2e-7

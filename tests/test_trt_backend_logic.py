@@ -8,13 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from trt_fakes import Recorder, add_fake_runtime, fake_cudart, fake_tensorrt, make_onnx
+
 from tscli.errors import InputError, ModelFileError, UsageError
 from tscli.runtime import load
 from tscli.runtime.trt import backend as TB
-from tscli.tools import engine_build as B
 from tscli.runtime.trt.host import GpuInfo
+from tscli.tools import engine_build as B
 
 ORIN = GpuInfo("Orin", "8.7", "12.6", "12.6", "cuda-python")
 

@@ -15,8 +15,8 @@ from trt_fakes import Recorder, fake_tensorrt, make_onnx
 
 from tscli.errors import MissingDependency, ModelFileError, UsageError
 from tscli.files import sha256_file
-from tscli.tools import engine_build as B
 from tscli.runtime.trt.host import GpuInfo
+from tscli.tools import engine_build as B
 
 ORIN = GpuInfo("Orin", "8.7", "12.6", "12.6", "cuda-python")
 

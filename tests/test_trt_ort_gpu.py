@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from trt_fakes import make_onnx
+
 from tscli.errors import MissingDependency
 from tscli.runtime import BACKENDS, load
 from tscli.runtime.ort.gpu import trt_provider_options

@@ -9,7 +9,13 @@ import pytest
 from tscli.errors import ModelFileError, UsageError
 from tscli.runtime.trt import manifest as M
 from tscli.runtime.trt.host import GpuInfo
-from tscli.runtime.trt.opt_profiles import Profile, choose_profile, derive_profiles, k_span, parse_range
+from tscli.runtime.trt.opt_profiles import (
+    Profile,
+    choose_profile,
+    derive_profiles,
+    k_span,
+    parse_range,
+)
 
 META = {"model": "tiny_ats", "family": "ats", "max_k": 120, "input_size": [3, 224, 224]}
 INPUTS = ["images", "k_select"]

@@ -1,15 +1,21 @@
 """The typer app: every command registered, and the one place errors become exit codes.
 
-Every TscliError becomes one line on stderr and its exit code; tracebacks only with --debug.
+Every TscliError becomes one line on stderr and its exit code; tracebacks only with --debug (the
+exit codes stay the same with it: see main).
 Heavy packages (torch, timm, onnx) are imported inside the commands that need them, so `run`
 and `inspect` work on a deploy host that has only the runtime installed.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import traceback
 
 import typer
+from typer import (
+    _click as typer_click,  # typer's bundled click: its exceptions are these
+)
 
 from ..errors import TscliError, first_line
 from . import check_cmd, data_cmd, device_cmd, export_cmd, run_cmd, speed_cmd
@@ -39,28 +45,52 @@ app.command("train-digits")(data_cmd.train_digits_cmd)
 app.command()(speed_cmd.tune)
 
 
-def main() -> None:
-    import click
+def _on_sigterm(signum, frame):
+    """SIGTERM ends a command the way Ctrl-C does: every temporary file is removed on the way out
+    (files.atomic_path cleans up on any exception); the exit code says which signal it was."""
+    _state["signal"] = signum
+    raise KeyboardInterrupt
 
+
+def _exit(code: int, message: str | None = None) -> None:
+    if message:
+        err.print(message, markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Run the app. Exit codes: 0 ok, 1 a check failed (or a TscliError that is not the user's
+    input), 2 bad usage or input, 3 an internal error (a bug), 130 Ctrl-C, 143 SIGTERM."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     command = typer.main.get_command(app)
     try:
-        command.main(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+        # standalone_mode=False: errors come back here to be printed as one line. typer turns
+        # Ctrl-C into Exit(130) and hands every Exit back as the return value.
+        code = command.main(standalone_mode=False)
+    except typer_click.exceptions.ClickException as exc:  # usage: click's usual message, exit 2
         exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        err.print("aborted")
-        sys.exit(130)
+        _exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
     except TscliError as exc:
-        if _state["debug"]:
-            raise
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _debug_traceback()
+        _exit(exc.exit_code, f"error: {exc}")
+    except OSError as exc:  # the disk or the OS refused (full disk, read-only folder, ...)
+        _debug_traceback()
+        where = f" {exc.filename!r}" if exc.filename else ""
+        _exit(1, f"error: cannot complete the operation on{where}: {exc.strerror or first_line(exc)}")
     except Exception as exc:  # a bug: still one line unless --debug
-        if _state["debug"]:
-            raise
-        err.print(f"internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug for the traceback)",
-                  markup=False, highlight=False, soft_wrap=True)
-        sys.exit(3)
+        _debug_traceback()
+        _exit(3, f"internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug for the traceback)")
+    if code == 130:
+        sig = _state.get("signal")
+        if sig is not None:
+            _exit(128 + int(sig), "terminated")
+        _exit(130, "aborted")
+    _exit(code if isinstance(code, int) else 0)
+
+
+def _debug_traceback() -> None:
+    """With --debug, the traceback goes to stderr first; the exit code stays the same."""
+    if _state["debug"]:
+        traceback.print_exc()

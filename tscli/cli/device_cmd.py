@@ -7,7 +7,17 @@ from typing import List, Optional
 
 import typer
 
-from .common import JsonFlag, KList, err, optional_str, out, parse_k_list, print_json, status, table
+from .common import (
+    JsonFlag,
+    KList,
+    err,
+    optional_str,
+    out,
+    parse_k_list,
+    print_json,
+    status,
+    table,
+)
 
 
 def build(

@@ -28,8 +28,13 @@ def export(
     xi: Optional[float] = typer.Option(None, "--xi", help="DoViT default threshold (0..1; a token with confidence > xi stops); changeable at load."),
 ):
     """Export a model to one ONNX file (dynamic batch, K chosen at load time), then check it."""
-    from ..tools.checked_export import ExportOptions, SegExportOptions, export_onnx, export_seg
     from ..tools.catalog import is_segmentation_model
+    from ..tools.checked_export import (
+        ExportOptions,
+        SegExportOptions,
+        export_onnx,
+        export_seg,
+    )
 
     if is_segmentation_model(model):
         if max_k is not None or stages is not None or sampling != "paper" or form != "plain" or mode != "padded":
@@ -60,9 +65,20 @@ def export(
 
 
 def print_parity(report) -> None:
-    """An ATS or a segmentation parity report as a table (export and `tscli parity` print it)."""
+    """An ATS or a segmentation parity report as a table (export and `tscli parity` print it),
+    then the tie band it used and every image whose kept tokens differ."""
     if report.rows and hasattr(report.rows[0], "xi"):
-        return _print_seg_parity(report)
+        _print_seg_parity(report)
+    else:
+        _print_ats_parity(report)
+    out.print(f"tie band: {report.band_rule}", markup=False, highlight=False)
+    for r in report.rows:
+        where = f"K={r.k} {r.execution}" if not hasattr(r, "xi") else f"xi={r.xi:g}"
+        for d in r.divergences:
+            out.print(f"  {where}: {d.describe()}", markup=False, highlight=False)
+
+
+def _print_ats_parity(report) -> None:
     t = table("K", "torch", "n", "max|dlogit|", "min cos", "top-1", "counts", "kept sets", "near-ties", "ok",
               title=f"parity: {report.backend} ({report.provider}) vs PyTorch, tol {report.tolerance:.0e}")
     for r in report.rows:

@@ -8,7 +8,16 @@ from typing import List, Optional
 import typer
 
 from .. import contract as C
-from .common import Backend, JsonFlag, Plugins, Threads, out, parse_k_value, print_json, table
+from .common import (
+    Backend,
+    JsonFlag,
+    Plugins,
+    Threads,
+    out,
+    parse_k_value,
+    print_json,
+    table,
+)
 
 
 def run(

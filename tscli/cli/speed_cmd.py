@@ -9,8 +9,19 @@ import typer
 
 from .. import contract as C
 from ..errors import UsageError
-from .common import (Checkpoint, JsonFlag, Plugins, Threads, optional_str, out, parse_floats, parse_ints, print_json,
-                     status, table)
+from .common import (
+    Checkpoint,
+    JsonFlag,
+    Plugins,
+    Threads,
+    optional_str,
+    out,
+    parse_floats,
+    parse_ints,
+    print_json,
+    status,
+    table,
+)
 
 
 def bench(

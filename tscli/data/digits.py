@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, UsageError, require
+from ..files import temporary_dir_beside
 from ..runtime.images import IMAGE_SUFFIXES
 
 CLASSES = tuple(str(i) for i in range(10))
@@ -57,7 +57,7 @@ def write_imagefolder(folder: str | Path, size: int = 32, val_fraction: float = 
         raise UsageError(f"output folder {str(folder)!r} exists and is not empty; give a new path")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tx, ty, vx, vy = digits_arrays(size, val_fraction, seed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=str(folder.parent)))
+    tmp = temporary_dir_beside(folder)
     try:
         for split, xs, ys in (("train", tx, ty), ("val", vx, vy)):
             for c in CLASSES:

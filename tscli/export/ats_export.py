@@ -14,7 +14,8 @@ from typing import Callable
 import onnx
 import torch
 
-from .. import __version__, contract as C
+from .. import __version__
+from .. import contract as C
 from ..errors import UsageError
 from ..files import check_output_file
 from ..models.ats import ExportWrapper
@@ -127,7 +128,7 @@ def export_ats(opts: ExportOptions, validate: Callable[[str, BuiltModel, dict], 
     for validation, checks the written file before it is renamed into place (tools/ passes the
     ONNX Runtime vs PyTorch comparison)."""
     cfg, max_k = resolve_options(opts)
-    out = check_output_file(opts.output or f"{cfg.name}.onnx")
+    out = check_output_file(opts.output or f"{cfg.name}.onnx", inputs=[opts.checkpoint])
     progress(f"building {cfg.name} ({'checkpoint' if opts.checkpoint else 'random weights'})")
     built = build_model(cfg, checkpoint=opts.checkpoint, seed=opts.seed)
     progress("tracing and converting to ONNX")

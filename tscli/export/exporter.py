@@ -18,7 +18,8 @@ from typing import Callable
 import onnx
 import torch
 
-from .. import __version__, contract as C
+from .. import __version__
+from .. import contract as C
 from ..errors import TscliError, UsageError
 from ..files import atomic_path
 from .lint import LintReport, lint_model

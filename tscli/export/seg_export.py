@@ -19,7 +19,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from .. import __version__, contract as C
+from .. import __version__
+from .. import contract as C
 from ..errors import TscliError, UsageError
 from ..files import check_output_file, sha256_file
 from ..models.catalog import get_config
@@ -120,7 +121,7 @@ def export_seg(opts: SegExportOptions, validate: Callable[[str, BuiltModel, dict
                progress: Callable[[str], None] = lambda msg: None) -> SegExportResult:
     """Export ``opts.model``; ``validate(tmp_path, built, meta)`` as in ats_export.export_ats."""
     cfg, hw, cap, xi = resolve(opts)
-    out = check_output_file(opts.output or f"{cfg.name}.onnx")
+    out = check_output_file(opts.output or f"{cfg.name}.onnx", inputs=[opts.checkpoint])
     progress(f"building {cfg.name} ({'checkpoint' if opts.checkpoint else 'random weights'}) at {hw[0]}x{hw[1]}")
     built = build_model(cfg, checkpoint=opts.checkpoint, seed=opts.seed)
     built.module.resize_input(hw)

@@ -23,6 +23,7 @@ from torch import Tensor
 from . import ops  # noqa: F401  (registers torch.ops.tscli.ats_sample)
 from .sampling import ats_pick, slot_indices
 
+
 @dataclass
 class TokenState:
     x: Tensor  # [B, T, D]
@@ -37,6 +38,18 @@ class StageRecord:
     counts: Tensor  # [B] K' + 1 (CLS included)
     positions: Tensor  # [B, K+1] original positions, -1 for padding
     margin: Tensor | None = None  # [B] smallest decision margin (reference runs only)
+    # Reference runs only: what the stage decided from, so parity tools can re-decide in float64
+    # and tell a decision inside the tie band from a real mismatch (docs/design.md, "Tie bands").
+    scores: Tensor | None = None  # [B, N] raw candidate scores s_j
+    valid: Tensor | None = None  # [B, N] candidate validity
+    candidates: Tensor | None = None  # [B, N] original position of each candidate
+
+
+def _record(counts: Tensor, positions: Tensor, margin, scores: Tensor, valid: Tensor, candidates: Tensor,
+            detailed: bool) -> StageRecord:
+    if not detailed:
+        return StageRecord(counts, positions, margin)
+    return StageRecord(counts, positions, margin, scores.detach(), valid, candidates)
 
 
 def key_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -150,7 +163,10 @@ class TokenSamplingBlock(Block):
         index, slot_mask, margin = self.pick(scores, valid, k_like)
         positions = index if state.positions is None else torch.gather(state.positions, 1, index)
         if records is not None:
-            records.append(StageRecord(slot_mask.sum(dim=1), torch.where(slot_mask, positions, -1), margin))
+            candidates = (torch.arange(1, t, device=scores.device).expand(b, -1) if state.positions is None
+                          else state.positions[:, 1:])
+            records.append(_record(slot_mask.sum(dim=1), torch.where(slot_mask, positions, -1), margin, scores, valid,
+                                   candidates, self.record_margin))
         if self.execution == "trimmed":  # cut before the row work: trimmed pays only for the kept rows
             width = int(slot_mask.sum(dim=1).max())
             index, slot_mask, positions = index[:, :width], slot_mask[:, :width], positions[:, :width]
@@ -188,7 +204,8 @@ class TokenSamplingBlock(Block):
             keep, margin = ats_pick(scores, state.mask[:, 1:], k_like, self.scheme, with_margin=self.record_margin)
             mask = torch.cat([state.mask[:, :1], keep], dim=1)
         if records is not None:
-            records.append(StageRecord(mask.sum(dim=1), torch.where(mask, state.positions, -1), margin))
+            records.append(_record(mask.sum(dim=1), torch.where(mask, state.positions, -1), margin, scores,
+                                   state.mask[:, 1:], state.positions[:, 1:], self.record_margin))
         x = self.finish(state.x, torch.matmul(a, v))
         return TokenState(x, mask, state.positions)
 

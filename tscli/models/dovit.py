@@ -47,6 +47,9 @@ class SegOutput:
     kept_masks: Tensor  # [B, decisions, N] bool: which patch tokens are active after each decision
     saturated: Tensor  # [B] bool: capacity C cut tokens that wanted to continue
     margin: Tensor | None = None  # [B] smallest |q - xi| / capacity-boundary gap (reference only)
+    # Reference only, so parity tools can tell a decision inside the tie band from a mismatch:
+    confidences: Tensor | None = None  # [B, decisions, N] q of every patch token at each decision
+    boundary: Tensor | None = None  # [B, decisions] q at the capacity cut (NaN where it did not cut)
 
 
 class SegViT(VisionTransformer):
@@ -107,7 +110,7 @@ class SegViT(VisionTransformer):
     def forward_reference(self, images: Tensor, xi: float, capacity: int | None = None) -> SegOutput:
         outs = [self._reference_one(images[i : i + 1], xi, capacity) for i in range(images.shape[0])]
         return SegOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in
-                           ("logits", "kept_counts", "kept_masks", "saturated", "margin")))
+                           ("logits", "kept_counts", "kept_masks", "saturated", "margin", "confidences", "boundary")))
 
     def _reference_one(self, image: Tensor, xi: float, capacity: int | None) -> SegOutput:
         x = self.embed(image)
@@ -115,6 +118,7 @@ class SegViT(VisionTransformer):
         active = torch.ones(n, dtype=torch.bool)
         keep = None  # token rows (CLS = 0) that run the blocks; None = all
         counts, masks, saturated, margin = [], [], False, float("inf")
+        confidences, boundary = [], []
         for i, blk in enumerate(self.blocks):
             if keep is None:
                 x = blk(x)
@@ -124,6 +128,8 @@ class SegViT(VisionTransformer):
             if i not in self.decisions:
                 continue
             q = self.confidence(self.decisions.index(i), x)[0]
+            confidences.append(q.clone())
+            boundary.append(float("nan"))
             cand = active & (q <= xi)
             margin = min(margin, float((q[active] - xi).abs().min()) if active.any() else margin)
             if capacity is not None and int(cand.sum()) > capacity:
@@ -131,6 +137,7 @@ class SegViT(VisionTransformer):
                 order = order[torch.sort(q[order], stable=True).indices]  # least confident first
                 qs = q[order]
                 margin = min(margin, float(qs[capacity] - qs[capacity - 1]))
+                boundary[-1] = float(qs[capacity - 1] + qs[capacity]) / 2  # between the last kept and the first cut
                 cand = torch.zeros_like(cand)
                 cand[order[:capacity]] = True
                 saturated = True
@@ -145,6 +152,8 @@ class SegViT(VisionTransformer):
             self.decode(x, image.shape[-2:]), torch.tensor([counts], dtype=torch.int64),
             torch.stack(masks)[None] if masks else torch.zeros(1, 0, n, dtype=torch.bool),
             torch.tensor([saturated]), torch.tensor([margin], dtype=torch.float64),
+            torch.stack(confidences)[None] if confidences else torch.zeros(1, 0, n),
+            torch.tensor([boundary], dtype=torch.float64).reshape(1, len(boundary)),
         )
 
     # -- static shapes: capacity C, masks, gather/scatter ----------------------------------------

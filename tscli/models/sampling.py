@@ -199,3 +199,24 @@ def slot_indices(keep: Tensor, num_slots_like: Tensor) -> tuple[Tensor, Tensor]:
     mask = slots <= keep_f.sum(dim=-1, keepdim=True)  # [B, K+1]
     index = (mask.to(torch.int64) * 0).scatter(1, target, token)
     return index, mask
+
+
+def decision_contest(scores: Tensor, valid: Tensor, num_points_like: Tensor, scheme: str) -> Tensor:
+    """For parity tools (any float dtype; they use float64): per candidate [B, N], the smallest
+    margin of a decision in which it is the nearest or the second-nearest position, +inf where
+    it is neither for any point. Same rule as ``nearest_picks`` (lower rank wins exact ties)."""
+    s = normalise_scores(scores, valid)
+    rank, cdf = stable_order(s, valid)
+    points, cdf_d = sample_points(num_points_like.to(scores.dtype), cdf, valid, scheme)
+    far = torch.where(valid, cdf_d, torch.full_like(cdf_d, 2.0 * _FAR))
+    dist = (far.unsqueeze(-2) - points.unsqueeze(-1)).abs()  # [B, K, N]
+    ranks = rank.unsqueeze(-2).expand_as(dist)
+    no_rank = torch.full_like(dist, _NO_RANK)
+    inf = torch.full_like(dist, float("inf"))
+    d1 = dist.amin(dim=-1, keepdim=True)
+    first = ranks == torch.where(dist == d1, ranks, no_rank).amin(dim=-1, keepdim=True)
+    rest = torch.where(first, inf, dist)
+    d2 = rest.amin(dim=-1, keepdim=True)
+    second = (ranks == torch.where(rest == d2, ranks, no_rank).amin(dim=-1, keepdim=True)) & ~first
+    involved = (first | second) & valid.unsqueeze(-2)
+    return torch.where(involved, (d2 - d1).expand_as(dist), inf).amin(dim=-2)

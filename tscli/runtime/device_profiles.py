@@ -25,12 +25,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import ModelFileError, UsageError
+from .. import contract as C
+from ..errors import ModelFileError, UsageError, first_line
 from ..files import atomic_path
 
 SCHEMA = "tscli.profiles/1"
 MATCH_KEYS = ("cpu", "gpu", "backend", "provider")
 MODEL_KEYS = ("model", "weights", "max_k", "mode")
+PROFILE_KEYS = ("fingerprint", "model", "chosen_k")
 
 
 def cpu_model() -> str:
@@ -87,11 +89,16 @@ def read_store(path: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"profile store {str(path)!r} is not readable JSON: {exc}") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"profile store {str(path)!r} is not readable JSON: {first_line(exc, 200)}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("profiles"), list):
         raise ModelFileError(f"{str(path)!r} is not a tscli profile store (schema {SCHEMA})")
+    for i, profile in enumerate(data["profiles"]):
+        missing = [key for key in PROFILE_KEYS if not isinstance(profile, dict) or key not in profile]
+        if missing or not isinstance(profile["fingerprint"], dict) or not isinstance(profile["model"], dict):
+            what = f"lacks {', '.join(missing)}" if missing else "has a malformed fingerprint or model"
+            raise ModelFileError(f"profile {i + 1} in {str(path)!r} {what}; run `tscli tune` again to rewrite the store")
     return data["profiles"]
 
 
@@ -144,4 +151,4 @@ def auto_k(model_path: str | Path, meta: dict, backend: str, provider: str | Non
         raise UsageError(f"--k auto needs a device profile, and {str(path)!r} does not exist; "
                          f"run `tscli tune {model_path} --data DIR` on this device first, or give --k")
     profile = select(read_store(path), fingerprint(backend, provider), meta, source=repr(str(path)))
-    return int(profile["chosen_k"]), profile
+    return C.check_k(profile["chosen_k"], meta.get("max_k") or 0, f"profile store {str(path)!r}"), profile

@@ -43,9 +43,25 @@ class Runner:
         self.meta = C.decode_metadata(backend.metadata_props)
         if "model" not in self.meta or "family" not in self.meta:
             raise ModelFileError("this ONNX file was not exported by tscli (no tscli.* metadata); export it with `tscli export`")
+        self._check_meta()
         self.k = self._check_k(k)
         self._k_feed = None if self.k is None else np.zeros(self.k, np.float32)
         self.xi = self._check_xi(xi)
+
+    def _check_meta(self) -> None:
+        """The metadata the runner relies on, checked once (a hand-edited or truncated file says so
+        here instead of failing later with a KeyError)."""
+        size = self.meta.get("input_size")
+        problems = []
+        if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)):
+            problems.append(f"input_size {size!r}")
+        for key in ("mean", "std"):
+            v = self.meta.get(key)
+            if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+                problems.append(f"{key} {v!r}")
+        if problems:
+            raise ModelFileError(f"this file's tscli metadata is incomplete or malformed ({'; '.join(problems)}); "
+                                 "export it again with `tscli export`")
 
     def _check_xi(self, xi):
         """DoViT threshold chosen at load; None = the file's default (the export value)."""
@@ -82,6 +98,14 @@ class Runner:
         if not isinstance(x, np.ndarray) or x.ndim != 4 or tuple(x.shape[1:]) != expected:
             got = getattr(x, "shape", type(x).__name__)
             raise InputError(f"input must be a float32 array [B, {', '.join(map(str, expected))}]; got {got}")
+        if x.dtype.kind != "f":  # uint8 pixels, bools, strings, complex: never silently cast
+            raise InputError(f"input must be a float array of preprocessed images (float32); got {x.dtype} "
+                             "(preprocess uint8 images with tscli.runtime.preprocess, or use Runner.predict)")
+        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if not finite.all():
+            bad = ", ".join(str(i) for i in np.flatnonzero(~finite)[:5])
+            raise InputError(f"input has NaN or infinite values (image {bad} of the batch); they would give NaN "
+                             "logits and meaningless kept tokens")
         feeds = {C.INPUT_IMAGES: np.ascontiguousarray(x, dtype=np.float32)}
         if self._k_feed is not None:
             feeds[C.INPUT_K] = self._k_feed
@@ -98,6 +122,8 @@ class Runner:
 
     def predict(self, images, topk: int = 5) -> list[Prediction]:
         images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise UsageError(f"topk={topk!r} is invalid; give a number of classes >= 1")
         out = self.infer(preprocess(images, self.meta))
         probs = _softmax(out[C.OUTPUT_LOGITS].astype(np.float64))
         names = self.label_names

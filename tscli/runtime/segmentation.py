@@ -17,6 +17,7 @@ from ..files import atomic_path
 from .flops import arch_from_meta, block_flops
 from .preprocess import preprocess
 
+
 @dataclass
 class Segmentation:
     source: str

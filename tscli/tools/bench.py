@@ -76,7 +76,9 @@ def check_ks(meta: dict, ks: list[int] | None) -> list[int]:
 def reference_graph(kind: str, meta: dict, path: Path, checkpoint: str | None) -> Path:
     """Export the dense baseline or the ideal graph of ``meta``'s model (needs the export extras)."""
     try:
-        from ..export.reference_graphs import export_bench_graph  # torch: only when a graph is exported
+        from ..export.reference_graphs import (
+            export_bench_graph,  # torch: only when a graph is exported
+        )
     except ImportError as exc:
         raise MissingDependency(f"exporting the {kind} graph needs the export extras ({exc.name} is missing): "
                                 f"pip install 'tscli[export]', or give --baseline FILE and drop --ideal") from None

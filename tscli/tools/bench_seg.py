@@ -39,7 +39,9 @@ def _dense_baseline(meta: dict, path: str | Path, baseline, checkpoint, folder: 
             return dense, dmeta
     if baseline is None:
         try:
-            from ..export.seg_export import export_dense_baseline  # torch: only when a graph is exported
+            from ..export.seg_export import (
+                export_dense_baseline,  # torch: only when a graph is exported
+            )
         except ImportError as exc:
             raise MissingDependency(f"exporting the dense baseline needs the export extras ({exc.name} is missing): "
                                     "pip install 'tscli[export]', or give --baseline FILE") from None

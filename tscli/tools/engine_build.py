@@ -13,14 +13,27 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__, contract as C
-from ..errors import CheckFailed, MissingDependency, ModelFileError, UsageError, first_line
+from .. import __version__
+from .. import contract as C
+from ..errors import (
+    CheckFailed,
+    MissingDependency,
+    ModelFileError,
+    UsageError,
+    first_line,
+)
 from ..files import atomic_path, sha256_file
 from ..plugins.locate import find_plugin_library
 from ..runtime.ort.session import OrtBackend
 from ..runtime.trt import manifest as M
 from ..runtime.trt.host import GpuInfo, check_trt_version, detect_gpu, import_tensorrt
-from ..runtime.trt.opt_profiles import DEFAULT_BATCH, Profile, batch_span, derive_profiles, k_span
+from ..runtime.trt.opt_profiles import (
+    DEFAULT_BATCH,
+    Profile,
+    batch_span,
+    derive_profiles,
+    k_span,
+)
 from ..runtime.trt.plugin_registry import check_plugin_ops, load_plugin_library
 
 PRECISIONS = ("fp32", "fp16")

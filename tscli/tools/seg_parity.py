@@ -9,7 +9,7 @@ the capacity boundary) is a near-tie, reported apart (docs/design.md, "Tie bands
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,8 @@ from .. import contract as C
 from ..errors import UsageError
 from ..models.factory import BuiltModel, build_from_metadata
 from ..runtime import load
-from .parity import LOGIT_ATOL, NEAR_TIE, ParityReport, parity_inputs
+from . import tie_band
+from .parity import LOGIT_ATOL, Divergence, ParityReport, parity_inputs
 
 
 @dataclass
@@ -36,10 +37,15 @@ class SegParityRow:
     kept_fraction: float  # mean over images of kept tokens after the last decision / patches
     near_ties: int
     ok: bool
+    divergences: list[Divergence] = field(default_factory=list)
 
 
 class SegParityReport(ParityReport):
     """Same report as ATS parity (ok, to_dict, raise_if_failed); rows are SegParityRows."""
+
+    @property
+    def band_rule(self) -> str:
+        return tie_band.dovit_band_formula(self.precision)
 
     def describe_failure(self, r: SegParityRow) -> str:
         return (f"segmentation parity failed at xi={r.xi} C={r.capacity}: max|logit diff| {r.max_abs_diff:.2e} "
@@ -76,46 +82,68 @@ def _reference(built: BuiltModel, images: np.ndarray, xi: float | None, cap: int
         return None, built.module.forward_reference(x, xi, cap)
 
 
+def first_divergence(ref, got: dict, i: int, xi: float, band: float, source: str) -> Divergence | None:
+    """Where image i's kept masks first differ from the reference's, with the margin of the
+    least tie-like differing token: |q - xi|, or |q - capacity cut| where the cut decided."""
+    for d in range(ref.kept_masks.shape[1]):
+        mine, theirs = ref.kept_masks[i, d].numpy(), np.asarray(got[C.OUTPUT_KEEP_MASKS][i, d], bool)
+        if np.array_equal(mine, theirs):
+            continue
+        q = ref.confidences[i, d].double().numpy()
+        margins = np.abs(q - xi)
+        cut = float(ref.boundary[i, d])
+        if not np.isnan(cut):
+            margins = np.minimum(margins, np.abs(q - cut))
+        margin = float(margins[mine != theirs].max())
+        return Divergence(i, source, d, margin, band, margin <= band, "decision layer")
+    return None
+
+
 def compare_seg(built: BuiltModel, got: dict, images: np.ndarray, xi: float | None, cap: int | None,
-                tol: float = LOGIT_ATOL) -> SegParityRow:
+                tol: float = LOGIT_ATOL, sources: list[str] | None = None, precision: str = "fp32") -> SegParityRow:
+    """As parity.compare for segmentation: masks, counts and the saturated flag must agree on every
+    image, and its logits be within ``tol``, unless its masks first differ inside the tie band."""
     dense_logits, ref = _reference(built, images, xi, cap)
     logits_r = dense_logits if ref is None else ref.logits.numpy()
     logits_g = got[C.OUTPUT_SEG]
     n = len(images)
-    diffs, agree, counts_ok, masks_ok, sat_ok, near, kept = [], [], 0, 0, 0, 0, []
+    sources = sources or [f"input {i + 1}" for i in range(n)]
+    band = tie_band.dovit_band(built.config.embed_dim, built.config.num_classes, precision)
+    diffs, agree, counts_ok, masks_ok, sat_ok, near, kept, divergences = [], [], 0, 0, 0, 0, [], []
     for i in range(n):
-        same = True
         if ref is not None:
-            same = bool(np.array_equal(ref.kept_masks[i].numpy(), got[C.OUTPUT_KEEP_MASKS][i]))
+            kept.append(float(ref.kept_counts[i, -1]) / ref.kept_masks.shape[-1])
+            div = first_divergence(ref, got, i, xi, band, sources[i])
+            if div is not None:
+                divergences.append(div)
+                near += int(div.near_tie)
+                continue
             counts_ok += int(np.array_equal(ref.kept_counts[i].numpy(), got[C.OUTPUT_COUNTS][i]))
             sat_ok += int(bool(ref.saturated[i]) == bool(got[C.OUTPUT_SATURATED][i]))
-            kept.append(float(ref.kept_counts[i, -1]) / ref.kept_masks.shape[-1])
-            if not same and float(ref.margin[i]) < NEAR_TIE:
-                near += 1  # a decision within float noise of xi / of the capacity boundary
-                continue
-        masks_ok += int(same)
+        masks_ok += 1
         a, b = logits_r[i].astype(np.float64), logits_g[i].astype(np.float64)
         diffs.append(float(np.abs(a - b).max()))
         agree.append(float((a.argmax(0) == b.argmax(0)).mean()))
     checked = n - near
     max_diff = max(diffs) if diffs else 0.0
-    flags_ok = ref is None or (counts_ok >= checked and sat_ok == n)
-    ok = max_diff <= tol and masks_ok == checked and flags_ok
+    flags_ok = ref is None or (counts_ok == checked and sat_ok == checked)
+    ok = max_diff <= tol and masks_ok == checked and flags_ok and all(d.near_tie for d in divergences)
     sat = int(ref.saturated.sum()) if ref is not None else 0
     return SegParityRow(xi, cap, n, max_diff, min(agree) if agree else 1.0, counts_ok if ref is not None else n,
-                        masks_ok, sat_ok if ref is not None else n, sat, float(np.mean(kept)) if kept else 1.0, near, ok)
+                        masks_ok, sat_ok if ref is not None else n, sat, float(np.mean(kept)) if kept else 1.0, near, ok,
+                        divergences)
 
 
 def seg_parity(runner_factory, built: BuiltModel, images: np.ndarray, xis: list[float | None],
-               tol: float = LOGIT_ATOL) -> SegParityReport:
+               tol: float = LOGIT_ATOL, sources: list[str] | None = None, precision: str = "fp32") -> SegParityReport:
     """runner_factory(xi) -> Runner; one row per xi (None = dense model)."""
     report = None
     for xi in xis:
         runner = runner_factory(xi)
         if report is None:
-            report = SegParityReport(runner.backend_name, runner.provider, tol)
+            report = SegParityReport(runner.backend_name, runner.provider, tol, precision=precision)
         cap = runner.meta.get("max_keep")
-        report.rows.append(compare_seg(built, runner.infer(images), images, xi, cap, tol))
+        report.rows.append(compare_seg(built, runner.infer(images), images, xi, cap, tol, sources, precision))
     return report
 
 
@@ -129,9 +157,12 @@ def seg_parity_for_file(path: Path, checkpoint: Path | None, images: Path | None
     for xi in xis or []:
         C.check_xi(xi)
     built = rebuild(meta, str(checkpoint) if checkpoint else None)
-    x = parity_inputs(meta, images, n)
+    # Segmentation inputs are few (--n) but large: they are compared in one batch per xi.
+    batches = list(parity_inputs(meta, images, n))
+    x = np.concatenate([b for b, _ in batches])
+    sources = [name for _, names in batches for name in names]
     xis = xis or default_xis(built, x, meta)
-    return seg_parity(lambda xi: load(path, xi=xi, threads=threads), built, x, xis)
+    return seg_parity(lambda xi: load(path, xi=xi, threads=threads), built, x, xis, sources=sources)
 
 
 def validate_seg_export(path: str, built: BuiltModel, meta: dict) -> SegParityReport:

@@ -80,7 +80,10 @@ def preflight():
 
 def _tiny_source(workdir: Path) -> Path:
     try:
-        from .checked_export import ExportOptions, export_onnx  # torch: only when no file is given
+        from .checked_export import (  # torch: only when no file is given
+            ExportOptions,
+            export_onnx,
+        )
     except ImportError:
         raise UsageError("give a tscli ONNX file: `tscli selftest FILE.onnx` (export one on the host with "
                          "`tscli export tiny_ats --max-k 32 -o tiny_ats.onnx`)") from None

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import UsageError
 from ... import contract as C
+from ...errors import UsageError
 
 DEFAULT_BATCH = "1:1:8"
 
