@@ -94,7 +94,7 @@ def test_failed_validation_leaves_nothing(tmp_path, monkeypatch):
     from tscli.tools import checked_export as onnx_export
     from tscli.tools import parity as validate
 
-    def broken(path, built, meta):
+    def broken(path, built, meta, **options):
         report = validate.ParityReport("ort", "CPUExecutionProvider")
         report.rows.append(validate.ParityRow(40, "padded", 2, 0.5, 0.9, 1, 2, 2, 0, False))
         return report

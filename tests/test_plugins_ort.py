@@ -259,3 +259,38 @@ def test_run_bench_and_parity_take_the_library(tiny_exports, ort_ops_library, tm
     assert tuned["plugins"] == ort_ops_library and tuned["accuracy_kind"] == "agreement"
     assert "with the ORT op library libtscli_ort_ops" in store.with_suffix(".md").read_text()
     assert load(plugin, k="auto", profiles=store, plugins=ort_ops_library).k == tuned["chosen_k"]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_infinite_nan_and_overflowing_scores_agree_everywhere(scheme: str, ort_ops_library: str) -> None:
+    """Scores the exported graphs never produce, but a plugin must not disagree on: +inf (S = inf/inf
+    is NaN, the reference's CDF is NaN everywhere and only CLS is kept), NaN and -inf (the total is
+    not positive: uniform picks), and finite scores whose sum overflows (S = 0: one zero run). The
+    native op, the core (serial and fast) and the standard-op reference give the same slots."""
+    from tscli.plugins.core import ats_sample_cpu
+
+    session = _session(_plugin_model(scheme, with_function=True), ort_ops_library)
+    n, k = 24, 10
+    rows = np.abs(np.random.default_rng(5).standard_normal((6, n))).astype(np.float32)
+    rows[0, 3] = np.inf
+    rows[1, [2, 9]] = np.inf
+    rows[2, 4] = np.nan
+    rows[3, 5] = np.inf
+    rows[3, 6] = np.nan
+    rows[4] = 3e38  # finite, the sum overflows to +inf
+    rows[5, 7] = np.inf  # ... but that token is invalid: an ordinary row
+    valid = np.ones((6, n), bool)
+    valid[5, 7] = False
+    token_ids = np.tile(np.arange(n + 1, dtype=np.float32), (6, 1))
+    feeds = {"x": rows, "valid_in": valid, "k_like": np.zeros(k, np.float32), "token_ids": token_ids}
+    with np.errstate(invalid="ignore"):
+        index, mask, _ = session.run(None, feeds)
+    ref_index, ref_mask = ats_sample_reference(torch.from_numpy(rows), torch.from_numpy(valid), torch.empty(k), scheme)
+    for fast in (False, True):
+        core_index, core_mask = ats_sample_cpu(rows, valid, k, scheme, fast=fast)
+        np.testing.assert_array_equal(core_mask, ref_mask.numpy(), err_msg=f"core fast={fast}")
+        np.testing.assert_array_equal(core_index, ref_index.numpy(), err_msg=f"core fast={fast}")
+    np.testing.assert_array_equal(mask, ref_mask.numpy())
+    np.testing.assert_array_equal(index, ref_index.numpy())
+    assert mask[:2].sum(axis=1).tolist() == [1, 1]  # +inf: only CLS, in every implementation
+    assert mask[5].sum() > 1  # an infinite score on an invalid token changes nothing

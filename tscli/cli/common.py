@@ -13,6 +13,7 @@ from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import UsageError
@@ -31,11 +32,29 @@ Plugins = Annotated[Optional[Path], typer.Option(
 Checkpoint = Annotated[Optional[Path], typer.Option(
     "--checkpoint", help="The checkpoint the file was exported from (to rebuild the PyTorch model).")]
 Backend = Annotated[str, typer.Option("--backend", help="ort | trt (FILE is an engine) | ort-cuda | ort-trt.")]
+Batch = Annotated[int, typer.Option("--batch", help="Images per inference (memory stays bounded whatever the number of images).")]
 
 
 def status(message: str):
     """A spinner on stderr while a slow step runs; its text follows the library's progress."""
     return err.status(message, spinner="dots")
+
+
+def progress_bar(items: list, description: str, size: int):
+    """Yield ``items`` in chunks of ``size`` with a progress bar on stderr (gone when done)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(description, total=len(items))
+        for lo in range(0, len(items), size):
+            chunk = items[lo:lo + size]
+            yield chunk
+            bar.advance(task, len(chunk))
+
+
+def positive(value: int, option: str) -> int:
+    if value < 1:
+        raise UsageError(f"{option} {value} is invalid; give a number >= 1")
+    return value
 
 
 def print_json(data) -> None:

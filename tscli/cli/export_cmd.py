@@ -26,6 +26,7 @@ def export(
     max_keep: Optional[int] = typer.Option(None, "--max-keep", help="DoViT capacity C: most tokens kept after a decision layer. Default: all patches."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="Segmentation input HxW, multiples of the patch, e.g. 512x1024."),
     xi: Optional[float] = typer.Option(None, "--xi", help="DoViT default threshold (0..1; a token with confidence > xi stops); changeable at load."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images for the post-export check (default: scikit-image's sample photos)."),
 ):
     """Export a model to one ONNX file (dynamic batch, K chosen at load time), then check it."""
     from ..tools.catalog import is_segmentation_model
@@ -41,7 +42,7 @@ def export(
             raise UsageError(f"--max-k/--stages/--sampling/--form/--mode apply to ATS models; {model!r} is a segmentation model "
                              "(use --max-keep/--input-size/--xi)")
         opts = SegExportOptions(model, max_keep, input_size, xi, optional_str(output), optional_str(checkpoint), opset,
-                                seed, not no_validate)
+                                seed, not no_validate, optional_str(images))
         with status("exporting") as spinner:
             result = export_seg(opts, progress=lambda msg: spinner.update(msg))
         meta = result.metadata
@@ -52,7 +53,7 @@ def export(
         if max_keep is not None or input_size is not None or xi is not None:
             raise UsageError(f"--max-keep/--input-size/--xi apply to segmentation models (dovit, seg); {model!r} is not one")
         opts = ExportOptions(model, max_k, optional_str(output), optional_str(checkpoint), stages, sampling, opset, form,
-                             seed, not no_validate, mode)
+                             seed, not no_validate, mode, optional_str(images))
         with status("exporting") as spinner:
             result = export_onnx(opts, progress=lambda msg: spinner.update(msg))
         meta = result.metadata

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from .. import contract as C
-from ..errors import UsageError
+from ..errors import ModelFileError, UsageError
 from .common import (
     Checkpoint,
     JsonFlag,
@@ -47,7 +47,10 @@ def bench(
     from ..tools.bench_seg import bench_seg
 
     # Only the family is needed here: one plain session, not a runner (which would pin a K).
-    if C.is_segmentation(C.decode_metadata(OrtBackend(file, threads=1).metadata_props)):
+    meta = C.decode_metadata(OrtBackend(file, threads=1).metadata_props)
+    if "model" not in meta:
+        raise ModelFileError(f"{str(file)!r} was not exported by tscli (no tscli.* metadata); export it with `tscli export`")
+    if C.is_segmentation(meta):
         if k or ideal or no_dense or plugins:
             raise UsageError("--k/--ideal/--no-dense/--plugins apply to ATS files; this is a segmentation file (use --xi)")
         with status("benchmarking") as spinner:

@@ -23,7 +23,7 @@ from ..models.catalog import get_config
 from ..models.factory import BuiltModel, build_model
 from ..models.labels import label_names
 from ..models.registry import parse_stages
-from .exporter import Validator, check_opset, run_exporter, stamp, write_checked
+from .exporter import Validator, check_opset, check_seed, run_exporter, stamp, write_checked
 from .lint import LintReport
 from .plugin_form import to_plugin_form, translation_table
 
@@ -44,6 +44,7 @@ class ExportOptions:
     seed: int = 0
     validate: bool = True
     mode: str = "padded"
+    validate_images: str | None = None  # folder of images for the post-export check (default: samples)
 
 
 @dataclass
@@ -72,6 +73,7 @@ def resolve_options(opts: ExportOptions):
     if opts.mode == "trimmed" and cfg.family != "ats":
         raise UsageError(f"--mode trimmed applies to ATS models; {opts.model!r} is {cfg.family}")
     check_opset(opts.opset)
+    check_seed(opts.seed)
     cfg = get_config(opts.model, **overrides)
     max_k = opts.max_k
     if cfg.family == "ats":

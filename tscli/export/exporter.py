@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import onnx
 import torch
@@ -30,6 +33,12 @@ MIN_OPSET = 17
 Validator = Callable[[str], object]
 
 
+def check_seed(seed: int) -> None:
+    """Shared by every exporter: the seed of random weights (torch and numpy take 0..2**63-1)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise UsageError(f"--seed {seed} is out of range; valid: 0..{2**63 - 1}")
+
+
 def check_opset(opset: int) -> None:
     """Shared by every exporter: LayerNormalization needs 17; above what onnx knows nothing exports."""
     newest = onnx.defs.onnx_opset_version()
@@ -38,16 +47,34 @@ def check_opset(opset: int) -> None:
                          "(17 is the first with LayerNormalization)")
 
 
+@contextlib.contextmanager
+def _quiet_stderr_fd() -> Iterator[None]:
+    """Send file descriptor 2 to a scratch file while the exporter runs: torch's data-dependent
+    shape machinery prints whole FX graphs there from native code (hundreds of lines for a trimmed
+    export), which no Python-level redirect or logger setting reaches."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def run_exporter(module: torch.nn.Module, example: tuple, names: tuple[list[str], list[str]], dynamic: dict,
                  opset: int, translation: dict | None = None) -> onnx.ModelProto:
     """torch.onnx.export the way every tscli exporter calls it: dynamo, one file (no external
     data), the given dynamic dims, and quiet (the exporter prints progress and a long report,
-    warns about its own internals, and logs every data-dependent size of a trimmed export)."""
+    warns about its own internals, and logs or prints every data-dependent size of a trimmed
+    export). Its errors still surface: they are exceptions, and say what went wrong."""
     shape_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
     level = shape_log.level
     shape_log.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet_stderr_fd():
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(
                 module, example, dynamo=True, external_data=False, opset_version=opset, verbose=False,

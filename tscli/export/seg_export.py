@@ -27,7 +27,7 @@ from ..models.catalog import get_config
 from ..models.dovit import PaddedExport
 from ..models.factory import BuiltModel, build_model
 from ..models.registry import SegConfig, parse_hw
-from .exporter import check_opset, optimize_graph, run_exporter, stamp, write_checked
+from .exporter import check_opset, check_seed, optimize_graph, run_exporter, stamp, write_checked
 from .lint import LintReport
 
 
@@ -42,6 +42,7 @@ class SegExportOptions:
     opset: int = 18
     seed: int = 0
     validate: bool = True
+    validate_images: str | None = None  # folder of images for the post-export check (default: samples)
 
 
 @dataclass
@@ -62,6 +63,7 @@ def resolve(opts: SegExportOptions) -> tuple[SegConfig, tuple[int, int], int | N
     if cfg.family not in C.SEG_FAMILIES:
         raise UsageError(f"{opts.model!r} is {cfg.family}, not a segmentation model ({', '.join(C.SEG_FAMILIES)})")
     check_opset(opts.opset)
+    check_seed(opts.seed)
     hw = parse_hw(opts.input_size, cfg.patch_size) if opts.input_size else tuple(cfg.img_hw)
     tokens = (hw[0] // cfg.patch_size) * (hw[1] // cfg.patch_size)
     if cfg.family == "seg":

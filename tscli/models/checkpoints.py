@@ -7,6 +7,8 @@ A checkpoint that does not fit is an error naming the missing/unexpected/mis-sha
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,6 +21,8 @@ _WRAPPER_KEYS = ("model", "state_dict", "model_ema", "module")
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a folder; give a .pth/.pt/.bin/.safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; give a .pth/.pt/.bin/.safetensors file")
     try:
@@ -27,8 +31,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             sd = load_file(str(path), device="cpu")
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickle with code (refused by weights_only), ...
+            with warnings.catch_warnings():  # torch warns about old pickle protocols: the error below says it all
+                warnings.simplefilter("ignore")
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused something that is not a tensor
+        raise CheckpointError(_refusal(path, exc)) from None
+    except Exception as exc:  # corrupt file, not a checkpoint, ...
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {first_line(exc)}") from None
     for key in _WRAPPER_KEYS:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
@@ -37,6 +45,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"checkpoint {str(path)!r} holds no state_dict (expected a dict of tensors or {{'model': ...}})")
     return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _refusal(path: Path, exc: Exception) -> str:
+    """Why torch's tensors-only unpickler refused the file, in tscli's words: never its advice to
+    switch the check off (for a file that holds code, that advice is the dangerous part)."""
+    text = str(exc)
+    if "Unsupported operand" in text or "Unsupported class" in text:
+        return (f"checkpoint {str(path)!r} uses an old pickle format that tscli's tensors-only loader cannot read; "
+                "re-save it with a current torch.save(state_dict, ...) or as .safetensors")
+    what = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "Unsupported global" in ln), "")
+    return (f"checkpoint {str(path)!r} holds Python objects besides tensors{f' ({what[:200]})' if what else ''}; "
+            "tscli loads tensors only, because unpickling anything else can run code from the file. Re-save "
+            "the weights with torch.save(model.state_dict(), ...) or as .safetensors")
 
 
 def _short(keys: list[str], n: int = 6) -> str:
@@ -60,5 +81,9 @@ def load_into(model: torch.nn.Module, path: str | Path, model_name: str) -> str:
         problems.append(f"shape mismatch: {_short(shapes)} (e.g. {k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
     if problems:
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model_name}: " + "; ".join(problems))
+    bad = sorted(k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise CheckpointError(f"checkpoint {str(path)!r} has NaN or infinite values in {_short(bad)}; "
+                              "the weights are corrupt (or the training diverged)")
     model.load_state_dict(sd, strict=True)
     return sha256_file(path)

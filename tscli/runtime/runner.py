@@ -175,7 +175,8 @@ def load(path: str | Path, k: int | str | None = None, backend: str = "ort", thr
     # K is fixed for the runner's life, so it is pinned in the session's shapes too (ORT then
     # plans for that K: measured about 2 % faster at batch 1). A K known only from the file
     # (default max_k, or "auto") costs a second session creation (~0.3 s for DeiT-S).
-    given = isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1  # else Runner says why
+    # A K that cannot be pinned (not a positive int32) is left to the Runner, which says why.
+    given = isinstance(k, numbers.Integral) and not isinstance(k, bool) and 1 <= k < 2**31
     fixed = {C.DIM_K: int(k)} if given else None
     session = open_backend(path, "ort", threads=threads, fixed_dims=fixed, plugins=plugins)
     profile = None

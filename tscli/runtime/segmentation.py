@@ -74,13 +74,33 @@ def segment(runner, images) -> list[Segmentation]:
     return results
 
 
-def write_outputs(result: Segmentation, folder: str | Path, n_classes: int) -> tuple[Path, Path]:
+def output_stems(files: list[Path]) -> dict[Path, str]:
+    """A distinct output name per input file: its stem, qualified by its folders only where two
+    inputs share a stem (a/r0.png and b/r0.png -> a_r0, b_r0), so no output overwrites another."""
+    stems: dict[Path, str] = {}
+    taken: set[str] = set()
+    for f in files:
+        stem, parents = f.stem, list(f.resolve().parent.parts[::-1])
+        clash = sum(g.stem == f.stem for g in files) > 1
+        while (clash or stem in taken) and parents:
+            stem = f"{parents.pop(0)}_{stem}".strip("/")
+            clash = False
+        base, n = stem, 2
+        while stem in taken:
+            stem, n = f"{base}-{n}", n + 1
+        stems[f] = stem
+        taken.add(stem)
+    return stems
+
+
+def write_outputs(result: Segmentation, folder: str | Path, n_classes: int, stem: str | None = None) -> tuple[Path, Path]:
     """Write STEM_classes.png (class index per pixel, 8/16-bit grey) and STEM_overlay.png."""
     from PIL import Image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = Path(result.source).stem if not result.source.startswith("<") else "image"
+    if stem is None:
+        stem = Path(result.source).stem if not result.source.startswith("<") else "image"
     dtype = np.uint8 if n_classes <= 256 else np.uint16
     paths = (folder / f"{stem}_classes.png", folder / f"{stem}_overlay.png")
     for path, image in zip(paths, (Image.fromarray(result.class_map.astype(dtype)),

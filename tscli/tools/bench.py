@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from .. import contract as C
-from ..errors import MissingDependency, UsageError
+from ..errors import MissingDependency, ModelFileError, UsageError
 from ..runtime import flops as F
 from ..runtime.ort.session import OrtBackend
 from .timing import interleaved
@@ -63,7 +63,10 @@ class Graph:
 
 def _open(path: str | Path, threads: int | None, name: str, plugins: str | None = None) -> Graph:
     backend = OrtBackend(path, threads=threads, stop_spinning=True, plugins=plugins)
-    return Graph(name, backend, C.decode_metadata(backend.metadata_props), str(path), threads, plugins)
+    meta = C.decode_metadata(backend.metadata_props)
+    if "model" not in meta:
+        raise ModelFileError(f"{str(path)!r} was not exported by tscli (no tscli.* metadata); export it with `tscli export`")
+    return Graph(name, backend, meta, str(path), threads, plugins)
 
 
 def check_ks(meta: dict, ks: list[int] | None) -> list[int]:

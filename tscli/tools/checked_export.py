@@ -13,6 +13,7 @@ from ..export.ats_export import ExportOptions, ExportResult, export_ats
 from ..export.seg_export import SegExportOptions, SegExportResult
 from ..export.seg_export import export_seg as _export_seg
 from ..models.catalog import get_config
+from ..runtime.images import images_in
 from . import parity, seg_parity
 
 __all__ = ["ExportOptions", "ExportResult", "SegExportOptions", "SegExportResult", "export_onnx", "export_seg",
@@ -22,12 +23,24 @@ __all__ = ["ExportOptions", "ExportResult", "SegExportOptions", "SegExportResult
 def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda msg: None) -> ExportResult:
     """Export an ATS or dense model; with ``opts.validate`` the file is checked against PyTorch
     in ONNX Runtime before it is renamed into place."""
-    return export_ats(opts, parity.validate_export, progress)
+    if opts.validate and opts.validate_images:
+        images_in(opts.validate_images)  # a missing or empty folder is known before the slow part
+
+    def check(tmp: str, built, meta: dict):
+        return parity.validate_export(tmp, built, meta, images=opts.validate_images)
+
+    return export_ats(opts, check, progress)
 
 
 def export_seg(opts: SegExportOptions, progress: Callable[[str], None] = lambda msg: None) -> SegExportResult:
     """Export a DoViT / SETR model, checked against the variable-length PyTorch reference."""
-    return _export_seg(opts, seg_parity.validate_seg_export, progress)
+    if opts.validate and opts.validate_images:
+        images_in(opts.validate_images)
+
+    def check(tmp: str, built, meta: dict):
+        return seg_parity.validate_seg_export(tmp, built, meta, images=opts.validate_images)
+
+    return _export_seg(opts, check, progress)
 
 
 def export_variant(model: str, output: str, progress: Callable[[str], None] = lambda msg: None):

@@ -165,9 +165,12 @@ def seg_parity_for_file(path: Path, checkpoint: Path | None, images: Path | None
     return seg_parity(lambda xi: load(path, xi=xi, threads=threads), built, x, xis, sources=sources)
 
 
-def validate_seg_export(path: str, built: BuiltModel, meta: dict) -> SegParityReport:
+def validate_seg_export(path: str, built: BuiltModel, meta: dict, images: str | Path | None = None,
+                        n: int = 2) -> SegParityReport:
     """The check ``tscli export`` runs on a segmentation file before it is renamed into place:
-    2 random inputs at the xi values of ``default_xis``."""
-    seed = C.random_seed(meta.get("weights")) or 0
-    images = np.random.default_rng(seed).standard_normal((2, *meta["input_size"])).astype(np.float32)
-    return seg_parity(lambda xi: load(path, xi=xi), built, images, default_xis(built, images, meta))
+    ``n`` real images (``images``, a folder, or scikit-image's samples) plus 2 random inputs, at
+    the xi values of ``default_xis``."""
+    batches = list(parity_inputs(meta, Path(images) if images else None, n))
+    x = np.concatenate([b for b, _ in batches])
+    sources = [name for _, names in batches for name in names]
+    return seg_parity(lambda xi: load(path, xi=xi), built, x, default_xis(built, x, meta), sources=sources)

@@ -30,7 +30,7 @@ import numpy as np
 from .. import contract as C
 from ..data.digits import read_imagefolder
 from ..errors import InputError, UsageError, require
-from ..files import atomic_path
+from ..files import atomic_path, check_output_file
 from ..runtime import device_profiles as P
 from ..runtime import flops as F
 from ..runtime.images import images_in
@@ -48,7 +48,8 @@ def default_grid(max_k: int) -> list[int]:
 
 
 def load_data(data: str | Path, labels: str, meta: dict, limit: int | None):
-    """-> (preprocessed images, label indices or None, 'top1' | 'agreement')."""
+    """-> (image files, label indices or None, 'top1' | 'agreement'). Images are read later, a
+    batch at a time (memory stays bounded whatever the size of the folder)."""
     if labels not in LABEL_MODES:
         raise UsageError(f"unknown --labels {labels!r}; valid: {', '.join(LABEL_MODES)}")
     folder = Path(data)
@@ -68,16 +69,22 @@ def load_data(data: str | Path, labels: str, meta: dict, limit: int | None):
         order = np.random.default_rng(0).permutation(len(files))[:limit]  # a fixed, class-mixed subset
         files = [files[i] for i in sorted(order)]
         y = None if y is None else y[sorted(order)]
-    return preprocess([str(f) for f in files], meta), y, ("top1" if y is not None else "agreement")
+    return files, y, ("top1" if y is not None else "agreement")
 
 
-def _predict(backend: OrtBackend, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    tops, counts = [], []
-    for i in range(0, len(x), EVAL_BATCH):
-        out = backend.run({C.INPUT_IMAGES: x[i:i + EVAL_BATCH], C.INPUT_K: np.zeros(k, np.float32)})
-        tops.append(out[C.OUTPUT_LOGITS].argmax(-1))
-        counts.append(out[C.OUTPUT_COUNTS])
-    return np.concatenate(tops), np.concatenate(counts)
+def _predict(backend: OrtBackend, files: list[Path], meta: dict, ks: list[int],
+             progress) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Top-1 and kept counts per K; each batch of images is read once and run at every K."""
+    tops: dict[int, list] = {k: [] for k in ks}
+    counts: dict[int, list] = {k: [] for k in ks}
+    for lo in range(0, len(files), EVAL_BATCH):
+        progress(f"accuracy at {len(ks)} K values: images {lo + 1}-{min(lo + EVAL_BATCH, len(files))} of {len(files)}")
+        x = preprocess([str(f) for f in files[lo:lo + EVAL_BATCH]], meta)
+        for k in ks:
+            out = backend.run({C.INPUT_IMAGES: x, C.INPUT_K: np.zeros(k, np.float32)})
+            tops[k].append(out[C.OUTPUT_LOGITS].argmax(-1))
+            counts[k].append(out[C.OUTPUT_COUNTS])
+    return {k: (np.concatenate(tops[k]), np.concatenate(counts[k])) for k in ks}
 
 
 def _latency(path: str | Path, threads: int | None, x: np.ndarray, ks: list[int], runs: int, warmup: int,
@@ -144,14 +151,14 @@ def measure(path: str | Path, data: str | Path, labels: str = "auto", k_grid: li
     if batch < 1 or runs < 1:
         raise UsageError(f"--batch {batch} / --runs {runs} must be >= 1")
     progress("reading images")
-    x, y, kind = load_data(data, labels, meta, limit)
-    if len(x) < batch:
-        raise InputError(f"{len(x)} images under {str(data)!r}, fewer than --batch {batch}")
-    progress(f"accuracy at {len(set(ks) | {max_k})} K values on {len(x)} images")
+    files, y, kind = load_data(data, labels, meta, limit)
+    if len(files) < batch:
+        raise InputError(f"{len(files)} images under {str(data)!r}, fewer than --batch {batch}")
     # max_k is always measured: it is the reference of --max-drop, and of agreement without labels.
-    preds = {k: _predict(backend, x, k) for k in sorted(set(ks) | {max_k}, reverse=True)}
+    preds = _predict(backend, files, meta, sorted(set(ks) | {max_k}, reverse=True), progress)
     truth = y if y is not None else preds[max_k][0]
-    times = _latency(path, threads, x[:batch], ks, runs, warmup, progress, plugins)
+    x = preprocess([str(f) for f in files[:batch]], meta)
+    times = _latency(path, threads, x, ks, runs, warmup, progress, plugins)
     arch = F.arch_from_meta(meta)
     table = []
     for k in ks:
@@ -160,7 +167,7 @@ def measure(path: str | Path, data: str | Path, labels: str = "auto", k_grid: li
         table.append({"k": k, "median_ms": float(np.median(times[k])), "p90_ms": float(np.percentile(times[k], 90)),
                       "accuracy": float(np.mean(top1 == truth)), "gflops": gflops})
     reference = {"k": max_k, "accuracy": float(np.mean(preds[max_k][0] == truth))}
-    return meta, backend, table, reference, kind, len(x)
+    return meta, backend, table, reference, kind, len(files)
 
 
 def markdown(report: dict) -> str:
@@ -215,8 +222,10 @@ def tune(path: str | Path, data: str | Path, labels: str = "auto", budget_ms: fl
     """Measure, choose K, and write the profile (+ .md and .png beside the store)."""
     check_objective(budget_ms, max_drop)
     store = Path(output) if output else P.default_store(path)
-    if not store.parent.is_dir():
-        raise UsageError(f"output folder {str(store.parent)!r} does not exist")
+    if store.suffix != ".json":  # its .md and .png go beside it: -o x.md would overwrite the store
+        raise UsageError(f"-o {str(store)!r} must end in .json (the profile store; its .md table and .png plot "
+                         "are written beside it)")
+    check_output_file(store, "-o", inputs=[path])
     meta, backend, table, reference, kind, n = measure(path, data, labels, k_grid, batch, threads, runs, warmup,
                                                        limit, progress, plugins)
     chosen, objective = choose(table, budget_ms, max_drop, reference)  # raises before anything is written

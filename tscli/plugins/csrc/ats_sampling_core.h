@@ -47,7 +47,8 @@ enum Scheme : int { kPaper = 0, kOfficial = 1 };
 constexpr float kFar = 4.0f;
 
 // Slots of the per-image statistics block at the end of the scratch buffer.
-enum Stat : int { kTotal = 0, kUniform = 1, kY0 = 2, kStep = 3, kValid = 4, kNumStats = 5 };
+// kNoOrder: 1 when a valid score is +inf (then S holds NaN and the reference's CDF is NaN everywhere).
+enum Stat : int { kTotal = 0, kUniform = 1, kY0 = 2, kStep = 3, kValid = 4, kNoOrder = 5, kNumStats = 6 };
 
 ATS_HD bool is_valid_scheme(int scheme) { return scheme == kPaper || scheme == kOfficial; }
 
@@ -119,13 +120,18 @@ ATS_HD float abs_f(float a) { return a < 0.0f ? -a : a; }
 ATS_HD void stage_total(const float* scores, const uint8_t* valid, int n, float* stats) {
   ATS_ACCUM_T total = 0;
   int n_valid = 0;
+  bool pos_inf = false;
   for (int j = 0; j < n; ++j) {
     if (valid[j]) {
       total += static_cast<ATS_ACCUM_T>(scores[j]);
+      pos_inf = pos_inf || (scores[j] > 0.0f && scores[j] - scores[j] != 0.0f);  // +inf (inf - inf is NaN)
       ++n_valid;
     }
   }
   stats[kTotal] = static_cast<float>(total);
+  // S_j = inf / inf is NaN for an infinite score; the reference's CDF (a MatMul with S) is then NaN
+  // at every token and no point finds a nearest one: only CLS is kept (stage_keep).
+  stats[kNoOrder] = pos_inf && static_cast<float>(total) > 0.0f ? 1.0f : 0.0f;
   stats[kUniform] = div_rn(1.0f, static_cast<float>(n_valid > 0 ? n_valid : 1));
   stats[kValid] = static_cast<float>(n_valid);
 }
@@ -241,10 +247,11 @@ ATS_HD void stage_owned(const float* sorted, const float* stats, float* cell) {
 }
 
 // ---- stage 8 (strided over tokens): keep flags --------------------------------------------------
-ATS_HD void stage_keep(const float* rank, const uint8_t* valid, int n, const float* cell, float* keep, int first,
-                       int stride) {
+ATS_HD void stage_keep(const float* rank, const uint8_t* valid, int n, const float* cell, const float* stats,
+                       float* keep, int first, int stride) {
+  const bool ordered = stats[kNoOrder] == 0.0f;
   for (int j = first; j < n; j += stride) {
-    keep[j] = valid[j] && cell[static_cast<int>(rank[j])] > 0.0f ? 1.0f : 0.0f;
+    keep[j] = ordered && valid[j] && cell[static_cast<int>(rank[j])] > 0.0f ? 1.0f : 0.0f;
   }
 }
 
@@ -308,7 +315,7 @@ ATS_HD float ats_sample_one(const float* scores, const uint8_t* valid, int n, in
   stage_sort(w.cdf, w.rank, valid, n, w.sorted, 0, 1);
   stage_cells(w.sorted, k, scheme, w.stats, w.cell, 0, 1);
   stage_owned(w.sorted, w.stats, w.cell);
-  stage_keep(w.rank, valid, n, w.cell, w.keep, 0, 1);
+  stage_keep(w.rank, valid, n, w.cell, w.stats, w.keep, 0, 1);
   stage_slots(w.keep, n, k, index, mask);
   return with_margin ? stage_margin(w.cdf, valid, n, k, scheme, w.stats, 0, 1) : 0.0f;
 }

@@ -104,7 +104,7 @@ inline void ats_sample_fast(const float* scores, const uint8_t* valid, int n, in
     stage_cells(w.sorted, k, scheme, w.stats, w.cell, 0, 1);
   }
   stage_owned(w.sorted, w.stats, w.cell);
-  stage_keep(w.rank, valid, n, w.cell, w.keep, 0, 1);
+  stage_keep(w.rank, valid, n, w.cell, w.stats, w.keep, 0, 1);
   stage_slots(w.keep, n, k, index, mask);
 }
 

@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   __syncthreads();
   if (tid == 0) stage_owned(w.sorted, w.stats, w.cell);
   __syncthreads();
-  stage_keep(w.rank, valid_s, n, w.cell, w.keep, tid, nt);
+  stage_keep(w.rank, valid_s, n, w.cell, w.stats, w.keep, tid, nt);
   if (margin != nullptr) {  // the same branch for every thread of the block
     reduce[tid] = stage_margin(w.cdf, valid_s, n, k, scheme, w.stats, tid, nt);
     __syncthreads();

@@ -32,6 +32,8 @@ class OrtBackend(BackendBase):
         up to 40 %, at random (measured). Spinning inside a run is unchanged."""
         ort = require("onnxruntime", "pip install onnxruntime")
         path = Path(path)
+        if path.is_dir():
+            raise ModelFileError(f"model file {str(path)!r} is a folder; give the .onnx file")
         if not path.is_file():
             raise ModelFileError(f"model file {str(path)!r} does not exist")
         opts = ort.SessionOptions()
