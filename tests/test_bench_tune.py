@@ -226,6 +226,7 @@ def test_bench_cli_json(tiny_exports):
 
 # ---------------------------------------------------------------- digits: trained model, tune, --k auto
 
+@pytest.mark.slow
 def test_digits_model_is_trained_and_tune_writes_profile(digits, capsys):
     from tscli.runtime import load
     from tscli.tools.tune import SCHEMA, tune
@@ -256,6 +257,7 @@ def test_digits_model_is_trained_and_tune_writes_profile(digits, capsys):
         load(digits["padded"], k="auto", profiles=digits["folder"] / "missing.json")
 
 
+@pytest.mark.slow
 def test_tune_without_labels_and_impossible_budget(digits):
     from tscli.tools.tune import tune
 
@@ -269,6 +271,7 @@ def test_tune_without_labels_and_impossible_budget(digits):
     assert not store.exists()  # nothing written on failure
 
 
+@pytest.mark.slow
 def test_digits_trimmed_equals_padded(digits):
     from tscli.data.digits import read_imagefolder
     from tscli.runtime import load

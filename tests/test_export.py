@@ -115,6 +115,7 @@ def deit_s_export(tmp_path_factory):
     return path, result
 
 
+@pytest.mark.slow
 def test_deit_s_ats_acceptance(deit_s_export, sample_arrays):
     """Issue 2 acceptance on the real architecture: K = 120, 96, 48 and batch 1 and 3 from one
     file, counts <= K+1, ORT == PyTorch (<= 1e-4) on real images, differs from dense deit_s."""
@@ -145,6 +146,7 @@ def test_deit_s_ats_acceptance(deit_s_export, sample_arrays):
     assert np.abs(ats - dense).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_deit_t_ats_official_scheme_parity(tmp_path, sample_arrays):
     """Official scheme on a real architecture: ORT == PyTorch (padded and trimmed) on real images
     and random inputs, at max_k and two smaller K."""
