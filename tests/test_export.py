@@ -199,3 +199,31 @@ def test_parity_compare_counts_sets_and_near_ties():
     assert not bad.ok and not bad.divergences[0].near_tie
     assert bad.divergences[0].margin == pytest.approx(0.2) and bad.divergences[0].band < 1e-4
 
+
+
+def test_parity_excuses_a_swap_of_nearly_equal_scores_only():
+    """Picks are positions in the score order: two tokens whose scores differ by an ulp may swap
+    places between correct implementations (seen on a scikit-image photo with DeiT-S: 2.6e-7
+    relative). Scores 0.4, 0.3, 0.3+ulp; one point (K=1) at 0.5 picks the token at CDF 0.6, i.e.
+    the larger of the two nearly equal scores; a backend that ordered them the other way keeps the
+    other one. Keeping token 1 instead would be a real mismatch."""
+    import numpy as np
+    import torch
+
+    from tscli.models.ats import StageRecord
+    from tscli.tools.parity import Reference, compare
+
+    near = np.nextafter(np.float32(0.3), np.float32(1.0))
+    rec = StageRecord(torch.tensor([2]), torch.tensor([[0, 3]]), None, torch.tensor([[0.4, 0.3, near]]),
+                      torch.tensor([[True, True, True]]), torch.tensor([[1, 2, 3]]))
+    logits = np.array([[1.0, 2.0]], np.float32)
+    ref = Reference(logits, [rec], k=1, scheme="paper", embed_dim=48)
+
+    def got(positions):
+        return {"logits": logits + 3.0, "kept_counts": np.array([[2]]), "kept_positions": np.array([[positions]])}
+
+    swapped = compare(ref, got([0, 2]), 1, "padded")
+    assert swapped.ok and swapped.near_ties == 1 and swapped.divergences[0].kind == "score order"
+    assert swapped.divergences[0].margin < 1e-6 < swapped.divergences[0].band
+    other = compare(ref, got([0, 1]), 1, "padded")
+    assert not other.ok and not other.divergences[0].near_tie

@@ -37,14 +37,15 @@ class Divergence:
     source: str
     stage: int  # 0-based index of the first ATS stage whose kept set differs
     margin: float  # the largest contest margin among the differing tokens (float64 re-decision)
-    band: float  # the tie band of that stage (tie_band.ats_band)
+    band: float  # the tie band of that margin (tools/tie_band.py)
     near_tie: bool  # margin <= band: a correct implementation may decide either way
     unit: str = "stage"  # "stage" (ATS) or "decision layer" (DoViT)
+    kind: str = "point decision"  # what the margin measures: "point decision", "score order", "xi", ...
 
     def describe(self) -> str:
         verdict = "near-tie" if self.near_tie else "MISMATCH"
-        return (f"{self.source}: kept tokens first differ at {self.unit} {self.stage + 1}, margin {self.margin:.1e} "
-                f"{'<=' if self.near_tie else '>'} band {self.band:.1e}: {verdict}")
+        return (f"{self.source}: kept tokens first differ at {self.unit} {self.stage + 1}, {self.kind} margin "
+                f"{self.margin:.1e} {'<=' if self.near_tie else '>'} band {self.band:.1e}: {verdict}")
 
 
 @dataclass
@@ -102,6 +103,7 @@ class Reference:
     records: list | None = None  # StageRecords with scores/valid/candidates; None for dense
     k: int | None = None
     scheme: str = "paper"
+    embed_dim: int = 0
 
 
 def torch_reference(built: BuiltModel, images: np.ndarray, k: int | None, execution: str) -> Reference:
@@ -115,7 +117,7 @@ def torch_reference(built: BuiltModel, images: np.ndarray, k: int | None, execut
             logits, records = model.forward_with_records(x, torch.zeros(k))
         finally:
             model.configure(execution="padded", record_margin=False)
-    return Reference(logits.numpy(), records, k, built.config.scheme)
+    return Reference(logits.numpy(), records, k, built.config.scheme, built.config.embed_dim)
 
 
 def _kept_set(positions: np.ndarray) -> frozenset:
@@ -129,12 +131,9 @@ def first_divergence(ref: Reference, got: dict, i: int, source: str, precision: 
         mine, theirs = _kept_set(rec.positions[i].numpy()), _kept_set(got[C.OUTPUT_POSITIONS][i, s])
         if mine == theirs:
             continue
-        candidates = rec.candidates[i].numpy()
-        contest = tie_band.contest_margins(rec.scores[i:i + 1], rec.valid[i:i + 1], ref.k, ref.scheme)[0]
-        by_position = {int(p): float(m) for p, m in zip(candidates, contest)}
-        margin = max(by_position.get(p, float("inf")) for p in mine ^ theirs)
-        band = tie_band.ats_band(int(rec.valid[i].sum()), precision)
-        return Divergence(i, source, s, margin, band, margin <= band)
+        margin, band, kind = tie_band.explain(mine, theirs, rec.candidates[i].numpy(), rec.scores[i].numpy(),
+                                             rec.valid[i].numpy(), ref.k, ref.scheme, ref.embed_dim, precision)
+        return Divergence(i, source, s, float(margin), float(band), bool(margin <= band), kind=kind)
     return None
 
 
@@ -197,7 +196,7 @@ def run_parity(runner_factory, built: BuiltModel, images, ks: list[int | None],
 def _merge(parts: list[tuple[int, ParityRow]]) -> ParityRow:
     """The rows of consecutive batches of one (K, execution) as one row over all their images."""
     rows = [row for _, row in parts]
-    divergences = [Divergence(d.image + offset, d.source, d.stage, d.margin, d.band, d.near_tie, d.unit)
+    divergences = [Divergence(d.image + offset, d.source, d.stage, d.margin, d.band, d.near_tie, d.unit, d.kind)
                    for offset, row in parts for d in row.divergences]
     first = rows[0]
     return ParityRow(first.k, first.execution, sum(r.images for r in rows), max(r.max_abs_diff for r in rows),

@@ -95,7 +95,7 @@ def first_divergence(ref, got: dict, i: int, xi: float, band: float, source: str
         if not np.isnan(cut):
             margins = np.minimum(margins, np.abs(q - cut))
         margin = float(margins[mine != theirs].max())
-        return Divergence(i, source, d, margin, band, margin <= band, "decision layer")
+        return Divergence(i, source, d, margin, band, margin <= band, "decision layer", "|q - xi| or capacity cut")
     return None
 
 

@@ -20,6 +20,13 @@ length D (embed dim) and a softmax over C classes, so each implementation's q is
 at the capacity cut two q values swap only when each is within band of the midpoint between
 the last kept and the first cut value.
 
+Score order: the picks are positions in the stable ascending order of the scores, so two tokens
+whose scores are nearly equal may swap positions between implementations (one is kept where the
+other was). A score s_j = (sum over H heads of a softmax probability over T keys, each from a
+dot product of length D/H) * ||v_j|| (a norm over D values) carries a relative error of about
+(T + D) u_a in each implementation; two scores can swap order between implementations only when
+their relative gap is within order band = 4 (T + D) u_a (fp32, DeiT-S first stage: 1.4e-4).
+
 The band only excuses a *divergence*: an image whose kept sets differ is a near-tie when every
 token that differs took part (as nearest or second nearest) in a decision whose float64 margin
 is within the band; any other divergence is a mismatch, and every image whose sets agree is
@@ -32,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..models.sampling import decision_contest
+from ..models.sampling import decision_contest, normalise_scores
 
 UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "fp16": 2.0 ** -11}
 SAMPLING_ROUNDOFF = UNIT_ROUNDOFF["fp32"]  # the sampling step always runs in float32
@@ -54,13 +61,52 @@ def dovit_band(embed_dim: int, num_classes: int, precision: str = "fp32") -> flo
     return 2.0 * (int(embed_dim) + int(num_classes)) * check_precision(precision)
 
 
+def order_band(tokens: int, embed_dim: int, precision: str = "fp32") -> float:
+    """Relative score gap below which two tokens may swap places in the score order."""
+    return 4.0 * (int(tokens) + int(embed_dim)) * check_precision(precision)
+
+
 def ats_band_formula(precision: str = "fp32") -> str:
-    return (f"margin <= 4*(n*u_fp32 + u_{precision}), n = valid candidates of the stage, u = unit roundoff "
+    return (f"point decision margin <= 4*(n*u_fp32 + u_{precision}) (n = valid candidates), or a swap of two tokens "
+            f"whose scores differ by <= 4*(T + D)*u_{precision} relative (T tokens, D embed dim); u = unit roundoff "
             "(docs/design.md, Tie bands)")
 
 
 def dovit_band_formula(precision: str = "fp32") -> str:
     return f"|q - xi| or |q - capacity cut| <= 2*(D + C)*u_{precision}, D = embed dim, C = classes"
+
+
+def normalised(scores, valid) -> np.ndarray:
+    """The normalised scores S in float64 (what the order is decided on)."""
+    s = torch.as_tensor(np.asarray(scores), dtype=torch.float64)
+    v = torch.as_tensor(np.asarray(valid), dtype=torch.bool)
+    return normalise_scores(s, v).numpy()
+
+
+def explain(mine: set, theirs: set, candidates, scores, valid, k: int, scheme: str, embed_dim: int,
+            precision: str) -> tuple[float, float, str]:
+    """Why two kept sets of one stage differ: (margin, band, kind) of the least explicable
+    differing token, kind "point decision" or "score order"; inside its band means a near-tie.
+
+    mine/theirs: original token positions; candidates [N], scores [N], valid [N] of one image."""
+    contest = contest_margins(np.asarray(scores)[None], np.asarray(valid)[None], k, scheme)[0]
+    S = normalised(np.asarray(scores)[None], np.asarray(valid)[None])[0]
+    index = {int(p): j for j, p in enumerate(np.asarray(candidates))}
+    band_point = ats_band(int(np.asarray(valid).sum()), precision)
+    band_order = order_band(len(index) + 1, embed_dim, precision)
+    worst = (-1.0, 0.0, 0.0, "point decision")  # (ratio, margin, band, kind)
+    for token in mine ^ theirs:
+        j = index.get(token)
+        if j is None:  # a position that was not a candidate of this stage: nothing explains it
+            return float("inf"), band_point, "point decision"
+        options = [(contest[j] / band_point, contest[j], band_point, "point decision")]
+        partners = [index[p] for p in ((theirs - mine) if token in mine else (mine - theirs)) if p in index]
+        if partners:
+            gap = min(abs(S[j] - S[i]) / max(S[j], S[i], 1e-300) for i in partners)
+            options.append((gap / band_order, gap, band_order, "score order"))
+        best = min(options)
+        worst = max(worst, best)
+    return worst[1], worst[2], worst[3]
 
 
 def contest_margins(scores, valid, k: int, scheme: str) -> np.ndarray:
