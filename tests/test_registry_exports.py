@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tscli import contract as C
-from tscli.models.catalog import get_config, test_variants
+from tscli.models.catalog import get_config, tiny_variants
 from tscli.runtime import load
 from tscli.tools.checked_export import export_variant
 
@@ -16,11 +16,11 @@ from tscli.tools.checked_export import export_variant
 def test_every_family_has_a_tiny_variant():
     from tscli.models.catalog import families
 
-    covered = {get_config(n).family for n in test_variants()}
+    covered = {get_config(n).family for n in tiny_variants()}
     assert covered == set(families()), f"families without a tiny_ variant: {set(families()) - covered}"
 
 
-@pytest.mark.parametrize("name", test_variants())
+@pytest.mark.parametrize("name", tiny_variants())
 def test_tiny_variant_exports_and_runs(name, tmp_path):
     cfg = get_config(name)
     result = export_variant(name, str(tmp_path / f"{name}.onnx"))

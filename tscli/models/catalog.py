@@ -26,6 +26,6 @@ def get_config(name: str, **overrides) -> ViTConfig:
     return replace(cfg, **overrides) if overrides else cfg
 
 
-def test_variants() -> list[str]:
+def tiny_variants() -> list[str]:
     """The tiny variants of every family (what the registry-parametrised tests export)."""
     return [n for n in list_models() if n.startswith(TEST_PREFIX)]
