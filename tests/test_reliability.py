@@ -351,7 +351,7 @@ def test_nan_checkpoint_and_pickles(tmp_path):
     proc = tscli("export", "tiny_ats", "--checkpoint", tmp_path / "old.pth", "-o", tmp_path / "m.onnx")
     assert "UserWarning" not in proc.stderr
     if proc.returncode != 0:  # a format the tensors-only loader cannot read: one line that says so
-        one_line_error(proc, 2, "old pickle format")
+        one_line_error(proc, 2, "old pickle format that tscli's tensors-only loader does not read")
 
 
 def test_infer_refuses_non_float_and_non_finite_input(tiny_exports):

@@ -52,8 +52,9 @@ def _refusal(path: Path, exc: Exception) -> str:
     switch the check off (for a file that holds code, that advice is the dangerous part)."""
     text = str(exc)
     if "Unsupported operand" in text or "Unsupported class" in text:
-        return (f"checkpoint {str(path)!r} uses an old pickle format that tscli's tensors-only loader cannot read; "
-                "re-save it with a current torch.save(state_dict, ...) or as .safetensors")
+        return (f"cannot read checkpoint {str(path)!r}: it is not a file a current torch.save wrote (not a checkpoint, "
+                "or an old pickle format that tscli's tensors-only loader does not read); re-save it with "
+                "torch.save(state_dict, ...) or as .safetensors")
     what = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "Unsupported global" in ln), "")
     return (f"checkpoint {str(path)!r} holds Python objects besides tensors{f' ({what[:200]})' if what else ''}; "
             "tscli loads tensors only, because unpickling anything else can run code from the file. Re-save "
