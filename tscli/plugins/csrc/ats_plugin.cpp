@@ -11,9 +11,10 @@
 //              mask    int32    [B, K+1]  1 = slot holds a token, 0 = padding
 //   No bool or uint8 tensor crosses the plugin boundary: PluginTensorDesc in every TensorRT
 //   header from 10.0 to 11.x says kBOOL and kUINT8 are not supported for plugin I/O.
-//   The sampling step is float32 only, also in an fp16 engine: supportsFormatCombination offers
-//   kFLOAT alone for scores/k_like, so TensorRT inserts the casts around the node instead of
-//   handing the plugin half-precision scores (the picks are compared with the float32 reference).
+//   The sampling step is float32 only (the picks are held to the float32 reference):
+//   supportsFormatCombination offers kFLOAT alone for scores/k_like, never kHALF. In a weakly
+//   typed fp16 build TensorRT may convert around the node; in a strongly typed network (always in
+//   TensorRT 11) types follow the graph, so the ONNX graph itself must feed float32 here.
 //   N is limited by the kernel's shared memory (ats::sample_max_tokens()); configurePlugin
 //   refuses a profile whose max N exceeds it, so the engine build fails, not enqueue.
 //   ATSGather  version "1", namespace "tscli"
