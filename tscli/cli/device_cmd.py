@@ -23,7 +23,7 @@ from .common import (
 
 def _say_plan(plan) -> None:
     for line in plan.lines():
-        err.print(f"plan: {line}", markup=False, highlight=False)
+        err.print(f"plan: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def build(
@@ -58,7 +58,7 @@ def build(
         if as_json:
             return print_json({"plan": plan.to_dict(), "parser_input": opts.save_parser_input})
         for line in plan.lines():
-            out.print(line, markup=False, highlight=False)
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
         if opts.save_parser_input:
             out.print(f"parser input written to {opts.save_parser_input}", markup=False, highlight=False)
         return None

@@ -71,8 +71,7 @@ class Plan:
         return asdict(self)
 
     def lines(self) -> list[str]:
-        shapes = "; ".join(" ".join(f"{name} {s['min']}..{s['max']} (opt {s['opt']})" for name, s in p["shapes"].items())
-                           for p in self.profiles)
+        shapes = "; ".join(", ".join(_shape_text(name, s) for name, s in p["shapes"].items()) for p in self.profiles)
         flags = [f"tf32 {'on' if self.tf32 else 'off'}", f"fp16 {'on' if self.fp16_flag else 'off'}"]
         if self.strongly_typed:
             flags.append("strongly typed (types from the ONNX file)")
@@ -83,6 +82,14 @@ class Plan:
                 f"profiles: {len(self.profiles)}: {shapes or 'static shapes'}",
                 f"plugin library: {self.plugin_library or 'none'}",
                 *(f"note: {n}" for n in self.notes)]
+
+
+def _shape_text(name: str, s: dict) -> str:
+    """K and batch as numbers (the dims that vary in tscli profiles), other inputs as shapes."""
+    label, dim = {C.INPUT_K: ("K", 0), C.INPUT_IMAGES: ("batch", 0)}.get(name, (name, None))
+    if dim is None or len(s["min"]) <= dim:
+        return f"{name} {s['min']}..{s['max']} (opt {s['opt']})"
+    return f"{label} {s['min'][dim]}..{s['max'][dim]} (opt {s['opt'][dim]})"
 
 
 def choose_sampling(version: tuple[int, int], has_nodes: bool, samples: bool, library: bool) -> tuple[str, str, list[str]]:

@@ -144,6 +144,8 @@ def dry_run(opts: BuildOptions) -> BuildPlan:
         check_output_file(opts.save_parser_input, "--save-parser-input", [opts.onnx])
     bp = plan_build(opts)
     finish_plan(bp, version, text, opts.precision)
+    if bp.plan.plugin_library and not Path(bp.plan.plugin_library).is_file():
+        bp.plan.notes.append("the plugin library is not on this host (a dry run neither needs nor loads it)")
     if opts.save_parser_input:
         data = bp.parser_bytes if bp.parser_bytes is not None else bp.source.path.read_bytes()
         with atomic_path(opts.save_parser_input, suffix=".onnx") as tmp:
