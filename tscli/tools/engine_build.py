@@ -26,7 +26,7 @@ from ..errors import (
 from ..files import atomic_path, check_output_file, sha256_file
 from ..plugins.locate import find_plugin_library
 from ..runtime.trt import manifest as M
-from ..runtime.trt.host import GpuInfo, check_trt_version, detect_gpu, import_tensorrt
+from ..runtime.trt.host import GpuInfo, check_trt_version, detect_gpu, import_tensorrt, version_tuple
 from ..runtime.trt.opt_profiles import (
     DEFAULT_BATCH,
     Profile,
@@ -229,7 +229,7 @@ def parse_onnx(trt, network, logger, plan: BuildPlan) -> None:
     if plan.source.has_nodes and plan.plugin_library is None:
         # --plugins only where this TensorRT can load the plugins (>= 10)
         plugins = ("build libtscli_plugins.so and pass --plugins, or " if plan.plan is not None
-                   and P.parse_trt_version(plan.plan.trt_version) >= P.FIRST_V3_PLUGINS else "")
+                   and version_tuple(plan.plan.trt_version)[:2] >= P.FIRST_V3_PLUGINS else "")
         hint = f"; this is a plugin-form file: {plugins}export the plain form (`tscli export --form plain`)"
     raise ModelFileError(f"TensorRT's ONNX parser rejected {plan.source.path.name}: {first}{hint}")
 
