@@ -65,7 +65,8 @@ def test_jetson_release_parsing(tmp_path, monkeypatch):
     assert host.gpu_from_jetson()[0].compute_capability == "8.7"
     rel.write_text("# R35 (release), REVISION: 4.1, GCID: 1, BOARD: t186ref, EABI: aarch64\n")
     check = D.check_jetson()
-    assert check.status == "warn" and "JetPack 5.1.2" in check.detail and "TensorRT 8.5" in check.fix
+    assert check.status == "missing" and "JetPack 5.1.2" in check.detail and check.detail.endswith("not supported")
+    assert "TensorRT 8.5, below tscli's minimum 8.6" in check.fix and "Xavier has no newer JetPack" in check.fix
 
 
 def test_selftest_says_it_needs_tensorrt_and_gpu(monkeypatch, capsys, tmp_path):

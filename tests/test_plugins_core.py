@@ -119,15 +119,18 @@ def test_fast_path_is_bit_identical_to_core() -> None:
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_contract_of_reference_op(scheme: str) -> None:
-    """Same numbers through the op-level reference (int32 index, bool mask, CLS in slot 0)."""
+    """Same numbers through the op-level reference (int32 index, int32 0/1 mask, CLS in slot 0);
+    the CPU library keeps its bool API (the ctypes boundary is bytes)."""
     rng = np.random.default_rng(7)
     s = rng.random((64, 48)).astype(np.float32)
     v = rng.random((64, 48)) > 0.3
-    ref_index, ref_mask = ats_sample_reference(torch.from_numpy(s), torch.from_numpy(v), torch.empty(24), scheme)
+    ref_index, ref_mask = ats_sample_reference(torch.from_numpy(s), torch.from_numpy(v.astype(np.int32)),
+                                               torch.empty(24), scheme)
+    assert ref_mask.dtype == torch.int32
     index, mask = ats_sample_cpu(s, v, 24, SCHEME_CODES[scheme])
     assert index.dtype == np.int32 and mask.dtype == np.bool_ and index.shape == (64, 25)
     np.testing.assert_array_equal(index, ref_index.numpy())
-    np.testing.assert_array_equal(mask, ref_mask.numpy())
+    np.testing.assert_array_equal(mask, ref_mask.numpy() != 0)
     assert (index[:, 0] == 0).all() and mask[:, 0].all()
     assert (index[~mask] == 0).all()  # padding points at CLS
     # kept slots: ascending positions of valid tokens, then only padding
@@ -184,3 +187,17 @@ def test_missing_compiler_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
     with pytest.raises(MissingDependency, match="no-such-compiler-xyz"):
         build_cpu_library()
+
+
+def test_any_nonzero_valid_counts_as_valid() -> None:
+    """The node contract's valid is int32 with nonzero = valid: 256 (whose low byte is 0) and -1
+    must not be read as 0 when the flags are narrowed to the core's bytes."""
+    rng = np.random.default_rng(3)
+    s = rng.random((4, 30)).astype(np.float32)
+    v = rng.random((4, 30)) > 0.4
+    wide = np.where(v, np.array([256, -1, 1, 1 << 20], np.int32)[rng.integers(0, 4, v.shape)], 0).astype(np.int32)
+    for fast in (False, True):
+        want = ats_sample_cpu(s, v, 9, "paper", fast=fast)
+        got = ats_sample_cpu(s, wide, 9, "paper", fast=fast)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])

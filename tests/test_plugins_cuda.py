@@ -16,7 +16,6 @@ import pytest
 from tscli.plugins.nvcc_check import (
     CSRC,
     KERNELS,
-    LEGACY_ARCHS,
     NVCC_FLAGS,
     TARGET_ARCHS,
     check_cuda,
@@ -41,15 +40,20 @@ def test_kernels_compile_for_arch(arch: str, tmp_path: Path) -> None:
     assert "tscli::ats::launch_ats_sample" in symbols and "tscli::ats::launch_token_gather" in symbols
 
 
+def test_no_xavier_promise() -> None:
+    """Xavier (sm_72) tops out at JetPack 5 = TensorRT 8.5, below MIN_TRT: nothing promises it."""
+    from tscli.plugins import nvcc_check
+    from tscli.runtime.trt.host import MIN_TRT
+
+    assert "72" not in TARGET_ARCHS and not hasattr(nvcc_check, "LEGACY_ARCHS") and (8, 5) < MIN_TRT
+
+
 @needs_nvcc
-def test_legacy_xavier_arch_is_reported_not_failed() -> None:
+def test_unknown_arch_is_skipped_not_failed() -> None:
     known = supported_archs(NVCC)
     assert {"80", "87", "90"} <= known  # the parsing works on this nvcc
-    results = {r.arch: r for r in check_cuda(archs=(), legacy=LEGACY_ARCHS)}
-    if "72" in known:
-        assert results["72"].status == "OK"
-    else:  # CUDA >= 13: sm_72 is gone; Xavier builds need JetPack 5's nvcc
-        assert results["72"].status == "SKIP" and "JetPack 5" in results["72"].detail
+    results = {r.arch: r for r in check_cuda(archs=("87", "1"))}
+    assert results["87"].status == "OK" and results["1"].status == "SKIP" and "sm_1" in results["1"].detail
 
 
 @needs_nvcc

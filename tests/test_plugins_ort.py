@@ -2,7 +2,8 @@
 
 Graphs are built by hand with onnx.helper: a tscli.ATSSample node the way the exporter's plugin
 form writes it (plugin_version/plugin_namespace attributes, optional local function of the same
-name), inside a small graph with ops before and after it. The op library is compiled once per
+name, int32 valid and mask as the TensorRT plugin takes them, with the bool <-> int32 Casts the
+exporter puts around the node), inside a small graph with ops before and after it. The op library is compiled once per
 test session (the ort_ops_library fixture fetches ONNX Runtime's headers if none are present).
 """
 
@@ -40,19 +41,22 @@ def _decoy_function() -> onnx.FunctionProto:
         helper.make_node("Concat", ["b", "k1"], ["shape"], axis=0),
         helper.make_node("ConstantOfShape", ["shape"], ["index"],
                          value=helper.make_tensor("z", TP.INT32, [1], [0])),
-        helper.make_node("Cast", ["index"], ["mask"], to=TP.BOOL),
+        helper.make_node("Identity", ["index"], ["mask"]),
     ]
     return helper.make_function("tscli", "ATSSample", ["scores", "valid", "k_like"], ["index", "mask"], nodes,
                                 [helper.make_opsetid("", 17)], attributes=["scheme"])
 
 
 def _plugin_model(scheme: str, with_function: bool) -> onnx.ModelProto:
-    """x [B, N] -> Abs -> scores; valid from `valid_in`; ATSSample; the index is cast to int64
-    and used by GatherElements on a token-id row, as a block would gather its tokens."""
+    """x [B, N] -> Abs -> scores; valid from the bool `valid_in` cast to int32; ATSSample; its
+    int32 mask cast back to bool; the index is cast to int64 and used by GatherElements on a
+    token-id row, as a block would gather its tokens."""
     nodes = [
         helper.make_node("Abs", ["x"], ["scores"]),
-        helper.make_node("ATSSample", ["scores", "valid_in", "k_like"], ["index", "mask"], domain="tscli",
+        helper.make_node("Cast", ["valid_in"], ["valid_i32"], to=TP.INT32),
+        helper.make_node("ATSSample", ["scores", "valid_i32", "k_like"], ["index", "mask_i32"], domain="tscli",
                          scheme=scheme, plugin_version="1", plugin_namespace="tscli"),
+        helper.make_node("Cast", ["mask_i32"], ["mask"], to=TP.BOOL),
         helper.make_node("Cast", ["index"], ["index64"], to=TP.INT64),
         helper.make_node("GatherElements", ["token_ids", "index64"], ["picked"], axis=1),
     ]
@@ -127,7 +131,7 @@ def test_exported_plugin_form_matches_plain_form(tiny_exports, ort_ops_library) 
 
 def test_op_errors_are_named(ort_ops_library: str) -> None:
     model = _plugin_model("paper", with_function=False)
-    next(a for a in model.graph.node[1].attribute if a.name == "scheme").s = b"nearest"
+    next(a for a in model.graph.node[2].attribute if a.name == "scheme").s = b"nearest"
     with pytest.raises(Exception, match="unknown scheme 'nearest'; valid: paper, official"):
         _session(model, ort_ops_library)
     session = _session(_plugin_model("paper", with_function=False), ort_ops_library)
@@ -192,7 +196,7 @@ def test_op_edge_shapes_and_default_scheme(ort_ops_library: str) -> None:
     """No scheme attribute = paper (as in the TensorRT creator); an empty one is refused; empty
     batch, no tokens and no valid token give CLS-only rows of the right shape."""
     model = _plugin_model("official", with_function=False)
-    node = model.graph.node[1]
+    node = model.graph.node[2]
     keep = [a for a in node.attribute if a.name != "scheme"]
     del node.attribute[:]
     node.attribute.extend(keep)
@@ -207,7 +211,7 @@ def test_op_edge_shapes_and_default_scheme(ort_ops_library: str) -> None:
     np.testing.assert_array_equal(mask, ref_mask.numpy())
 
     empty = _plugin_model("paper", with_function=False)
-    next(a for a in empty.graph.node[1].attribute if a.name == "scheme").s = b""
+    next(a for a in empty.graph.node[2].attribute if a.name == "scheme").s = b""
     with pytest.raises(Exception, match="unknown scheme ''"):
         _session(empty, ort_ops_library)
 
@@ -294,3 +298,38 @@ def test_infinite_nan_and_overflowing_scores_agree_everywhere(scheme: str, ort_o
     np.testing.assert_array_equal(index, ref_index.numpy())
     assert mask[:2].sum(axis=1).tolist() == [1, 1]  # +inf: only CLS, in every implementation
     assert mask[5].sum() > 1  # an infinite score on an invalid token changes nothing
+
+
+def test_exported_plugin_node_takes_and_gives_no_bool(tiny_exports) -> None:
+    """The exporter's ATSSample nodes (and the function body's signature) carry float32 scores,
+    int32 valid and int32 index/mask, with Casts bool -> int32 before and int32 -> bool after:
+    TensorRT plugins take no BOOL/UINT8 tensors."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_exports["plugin"])))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+    nodes = [n for n in model.graph.node if n.op_type == "ATSSample" and n.domain == "tscli"]
+    assert nodes
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers = {i: n for n in model.graph.node for i in n.input}
+    for node in nodes:
+        assert [types[name] for name in node.input] == [TP.FLOAT, TP.INT32, TP.FLOAT]
+        assert [types[name] for name in node.output] == [TP.INT32, TP.INT32]
+        cast = producers[node.input[1]]
+        assert cast.op_type == "Cast" and types[cast.input[0]] == TP.BOOL
+        if node.output[1] in consumers:  # the masking stage only reads the index
+            assert consumers[node.output[1]].op_type in ("Cast", "Not", "Equal")
+    (function,) = [f for f in model.functions if f.name == "ATSSample"]
+    assert list(function.input) == ["scores", "valid", "k_like"] and list(function.output) == ["index", "mask"]
+
+
+def test_op_library_of_another_abi_is_refused(tiny_exports, tmp_path) -> None:
+    """A tscli op library built from older sources (ABI 1: bool valid/mask) is named and refused
+    before ORT is handed tensors of the wrong type."""
+    import subprocess
+
+    source = tmp_path / "old.c"
+    source.write_text("int tscli_ort_ops_abi_version(void) { return 1; }\n")
+    library = tmp_path / "libold.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    assert ort_ops.library_abi(library) == 1
+    with pytest.raises(ModelFileError, match=r"ABI 1; this tscli needs ABI 2 .*python -m tscli.plugins.ort_ops"):
+        OrtBackend(tiny_exports["plugin"], plugins=library)

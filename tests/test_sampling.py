@@ -178,9 +178,11 @@ def test_stable_rule_on_ties():
 def test_reference_op_outputs():
     s = torch.tensor([[0.1, 0.9, 0.3, 0.05]])
     v = torch.ones(1, 4, dtype=torch.bool)
-    index, mask = ats_sample_reference(s, v, torch.zeros(3), "paper")
+    # the node contract: int32 valid in (any nonzero counts), int32 index and 0/1 int32 mask out
+    index, mask = ats_sample_reference(s, v.to(torch.int32) * 7, torch.zeros(3), "paper")
     assert index.dtype == torch.int32 and index.shape == (1, 4)
-    assert index[0, 0] == 0 and mask[0, 0]
-    kept = index[0][mask[0]][1:] - 1
+    assert mask.dtype == torch.int32 and set(mask.flatten().tolist()) <= {0, 1}
+    assert index[0, 0] == 0 and mask[0, 0] == 1
+    kept = index[0][mask[0] != 0][1:] - 1
     keep, _ = ats_pick(s, v, torch.zeros(3), "paper")
     assert kept.tolist() == torch.nonzero(keep[0]).flatten().tolist()

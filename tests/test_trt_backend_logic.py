@@ -42,6 +42,8 @@ def test_logic_runner_over_trt_backend(monkeypatch, engine):
     assert runner.k == 12 and runner.provider == "TensorRT 10.3.0.30" and runner.backend_name == "trt"
     assert runner.meta["model"] == "tiny_ats" and runner.meta["max_k"] == 32  # from the manifest's metadata
     assert ("set_optimization_profile_async", 0) in trt.recorder.calls
+    # engines of plugin-form files carry DETAILED layer information; the context drops back to names only
+    assert runner.backend.context.nvtx_verbosity == trt.ProfilingVerbosity.LAYER_NAMES_ONLY
     assert ("set_input_shape", "k_select", (12,)) in trt.recorder.calls
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     out = runner.infer(x)

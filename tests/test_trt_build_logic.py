@@ -67,7 +67,7 @@ def test_logic_fp16_flag_and_trt11_strongly_typed_refusal(monkeypatch, onnx_file
     B.build_engine(B.BuildOptions(str(onnx_file), str(tmp_path / "a.engine"), precision="fp16"))
     assert trt.BuilderFlag.FP16 in trt.recorder.config.flags
     _with_fake(monkeypatch, "11.0.0")
-    with pytest.raises(UsageError, match="strongly typed .* tiny.onnx is float32; --precision fp16 needs an fp16 ONNX"):
+    with pytest.raises(UsageError, match="strongly typed .* tiny.onnx is float32; --precision fp16 needs a float16 ONNX"):
         B.build_engine(B.BuildOptions(str(onnx_file), str(tmp_path / "b.engine"), precision="fp16"))
     assert not (tmp_path / "b.engine").exists()
 
@@ -97,7 +97,7 @@ def test_logic_plugins_refused_on_tensorrt_8(monkeypatch, tmp_path):
     lib = tmp_path / "libtscli_plugins.so"
     lib.write_bytes(b"fake")
     trt = _with_fake(monkeypatch, "8.6.1")
-    with pytest.raises(UsageError, match=r"IPluginV3 and need TensorRT >= 10 \(this host has 8\.6\.1\)"):
+    with pytest.raises(UsageError, match=r"IPluginV3 and need TensorRT >= 10 \(this is 8\.6\.1\)"):
         B.build_engine(B.BuildOptions(str(src), str(tmp_path / "p.engine"), plugins=str(lib)))
     assert "load_library" not in trt.recorder.names()
 
@@ -125,11 +125,15 @@ def test_logic_input_default_is_dropped_so_xi_stays_an_engine_input(monkeypatch,
     model = onnx.load_from_string(parsed[0][1])
     assert [i.name for i in model.graph.input] == ["images", "xi"] and not list(model.graph.initializer)
     assert onnx.load(str(src)).graph.initializer[0].name == "xi"  # the user's file is untouched
-    # A host without the onnx package (read via ONNX Runtime: no edited bytes) is told before
+    # A host without the onnx package (read via ONNX Runtime: no model to edit) is told before
     # TensorRT is imported.
-    no_onnx = B.SourceInfo(Path("seg.onnx"), {}, ["images", "xi"], {}, defaulted_inputs=["xi"])
+    find_spec = B.importlib.util.find_spec
+    monkeypatch.setattr(B.importlib.util, "find_spec", lambda name: None if name == "onnx" else find_spec(name))
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(MissingDependency, match="keeping xi selectable .* pip install onnx"):
-        B.parser_input(no_onnx)
+        B.build_engine(B.BuildOptions(str(src), str(tmp_path / "seg2.engine"), batch="1:1:2"))
+    monkeypatch.undo()
+    trt = _with_fake(monkeypatch)
     # Without a defaulted input the file is parsed as it is.
     plain = make_onnx(tmp_path / "plain.onnx")
     trt = _with_fake(monkeypatch)

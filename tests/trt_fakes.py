@@ -3,10 +3,18 @@
 Nothing here runs TensorRT: a fake `tensorrt` module records the builder/runtime calls the code
 makes (flags, profiles, shapes) so tests can check the API use per TensorRT version, and tiny ONNX
 files with tscli metadata stand in for exported models. No test using these claims a GPU run.
+
+The fake parser turns each node of the parsed model into one layer named after the node and
+follows onnx-tensorrt's lookup order for a custom node as read in its sources (docs/jetson.md):
+8.6 reads no local functions and finds only IPluginV2 creators (ours are IPluginV3: never);
+10.0-10.6 import the node's local function first, then the plugin registry; 10.7+ prefer a
+registered plugin, then the local function. A node that finds neither fails the parse. This is
+a model of the parser, written from its sources, not the parser.
 """
 
 from __future__ import annotations
 
+import json
 import types
 from enum import IntEnum
 from pathlib import Path
@@ -22,26 +30,56 @@ BASE_META = {"tool_version": "0.1.0", "model": "tiny_ats", "family": "ats", "max
              "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 10}
 
 
+def sample_function() -> onnx.FunctionProto:
+    """A local function tscli.ATSSample of standard ops with the node's signature (its numbers are
+    not the sampling: these tests check where the node goes, not what it computes)."""
+    nodes = [
+        helper.make_node("Shape", ["scores"], ["b"], end=1),
+        helper.make_node("Shape", ["k_like"], ["k"]),
+        helper.make_node("Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.INT64, [1], [1])),
+        helper.make_node("Add", ["k", "one"], ["k1"]),
+        helper.make_node("Concat", ["b", "k1"], ["shape"], axis=0),
+        helper.make_node("ConstantOfShape", ["shape"], ["index"],
+                         value=helper.make_tensor("z", TensorProto.INT32, [1], [0])),
+        helper.make_node("Identity", ["index"], ["mask"]),
+        helper.make_node("Abs", ["scores"], ["magnitude"]),  # one float layer (fp16 pinning tests)
+    ]
+    return helper.make_function(C.PLUGIN_DOMAIN, C.SAMPLE_OP, ["scores", "valid", "k_like"], ["index", "mask"], nodes,
+                                [helper.make_opsetid("", 18)], attributes=["scheme", "plugin_version", "plugin_namespace"])
+
+
 def make_onnx(path: Path, nonzero: bool = False, plugin_node: bool = False, k_input: bool = True,
-              xi_default: float | None = None, **meta) -> Path:
+              xi_default: float | None = None, with_function: bool = False, bool_flags: bool = False,
+              half: bool = False, **meta) -> Path:
     """logits = Flatten(GlobalAveragePool(images)) [batch, 3]; optionally a NonZero (data-dependent
-    output), a tscli.ATSSample node, or a scalar input xi with a default (as DoViT files have it),
-    with tscli.* metadata (overridable)."""
-    inputs = [helper.make_tensor_value_info(C.INPUT_IMAGES, TensorProto.FLOAT, ["batch", 3, 32, 32])]
+    output), a tscli.ATSSample node on the logits (int32 valid from a Cast, int32 outputs; with
+    its local function if ``with_function``; BOOL valid/mask as files exported before the int32
+    contract if ``bool_flags``), or a scalar input xi with a default (as DoViT files have it),
+    with tscli.* metadata (overridable). ``half``: float16 images, pooled in float16 and cast to
+    float32 logits (the node is fed float32, as the plugin contract wants)."""
+    images_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info(C.INPUT_IMAGES, images_type, ["batch", 3, 32, 32])]
     if k_input:
         inputs.append(helper.make_tensor_value_info(C.INPUT_K, TensorProto.FLOAT, ["K"]))
     nodes = [helper.make_node("GlobalAveragePool", [C.INPUT_IMAGES], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], [C.OUTPUT_LOGITS])]
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Cast", ["flat"], [C.OUTPUT_LOGITS], to=TensorProto.FLOAT)]
     outputs = [helper.make_tensor_value_info(C.OUTPUT_LOGITS, TensorProto.FLOAT, ["batch", 3])]
     opsets = [helper.make_opsetid("", 18)]
     if nonzero:
         nodes.append(helper.make_node("NonZero", [C.OUTPUT_LOGITS], ["nz"]))
         outputs.append(helper.make_tensor_value_info("nz", TensorProto.INT64, [2, "nnz"]))
+    functions = []
     if plugin_node:
-        nodes.append(helper.make_node(C.SAMPLE_OP, [C.OUTPUT_LOGITS], ["picked"], domain=C.PLUGIN_DOMAIN,
-                                      plugin_version="1", plugin_namespace="tscli"))
-        outputs.append(helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["batch", 3]))
+        flag = TensorProto.BOOL if bool_flags else TensorProto.INT32
+        nodes += [helper.make_node("Cast", [C.OUTPUT_LOGITS], ["valid"], to=flag, name="valid_cast"),
+                  helper.make_node(C.SAMPLE_OP, [C.OUTPUT_LOGITS, "valid", C.INPUT_K], ["index", "mask"],
+                                   domain=C.PLUGIN_DOMAIN, name="node_ats_sample", scheme="paper",
+                                   plugin_version="1", plugin_namespace="tscli")]
+        outputs += [helper.make_tensor_value_info("index", TensorProto.INT32, ["batch", "K1"]),
+                    helper.make_tensor_value_info("mask", flag, ["batch", "K1"])]
         opsets.append(helper.make_opsetid(C.PLUGIN_DOMAIN, 1))
+        functions = [sample_function()] if with_function else []
     defaults = []
     if xi_default is not None:
         inputs.append(helper.make_tensor_value_info(C.INPUT_XI, TensorProto.FLOAT, []))
@@ -50,7 +88,7 @@ def make_onnx(path: Path, nonzero: bool = False, plugin_node: bool = False, k_in
         outputs.append(helper.make_tensor_value_info("scaled", TensorProto.FLOAT, ["batch", 3]))
     # IR 9: the onnx package writes a newer IR than this onnxruntime reads
     model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializer=defaults),
-                              opset_imports=opsets, ir_version=9)
+                              opset_imports=opsets, ir_version=9, functions=functions)
     for key, value in C.encode_metadata({**BASE_META, **meta}).items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
@@ -66,18 +104,24 @@ class Recorder:
 
 
 def fake_tensorrt(version: str = "10.3.0.30", rec: Recorder | None = None, creators=("ATSSample",),
-                  parse_ok: bool = True, plugin_layers: int = 0) -> types.ModuleType:
-    """A module object standing in for `tensorrt` (builder side + plugin registry)."""
+                  parse_ok: bool = True, plugin_layers: int = 0, inspector: bool = True) -> types.ModuleType:
+    """A module object standing in for `tensorrt` (builder side + plugin registry + a runtime
+    whose engines have an engine inspector, unless ``inspector`` is False)."""
     rec = rec or Recorder()
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.recorder = rec
+    major_minor = tuple(int(p) for p in version.split(".")[:2])
     flags = {"EXPLICIT_BATCH": 0, "PREFER_PRECISION_CONSTRAINTS": 1}
-    if int(version.split(".")[0]) >= 10:
+    if major_minor[0] >= 10:
         flags["STRONGLY_TYPED"] = 2
     trt.NetworkDefinitionCreationFlag = IntEnum("NetworkDefinitionCreationFlag", flags)
-    trt.BuilderFlag = IntEnum("BuilderFlag", {"FP16": 0, "TF32": 1})
+    trt.BuilderFlag = IntEnum("BuilderFlag", {"FP16": 0, "TF32": 1, "OBEY_PRECISION_CONSTRAINTS": 2})
     trt.MemoryPoolType = IntEnum("MemoryPoolType", {"WORKSPACE": 0})
+    trt.ProfilingVerbosity = IntEnum("ProfilingVerbosity", {"LAYER_NAMES_ONLY": 0, "NONE": 1, "DETAILED": 2})
+    trt.LayerInformationFormat = IntEnum("LayerInformationFormat", {"ONELINE": 0, "JSON": 1})
+    trt.float32, trt.float16, trt.int32, trt.bool = "float32", "float16", "int32", "bool"
+    rec.loaded = []  # plugin libraries in the registry
 
     class Logger:
         WARNING, VERBOSE = 2, 4
@@ -85,19 +129,59 @@ def fake_tensorrt(version: str = "10.3.0.30", rec: Recorder | None = None, creat
         def __init__(self, level):
             self.level = level
 
+    class Tensor:
+        def __init__(self, dtype):
+            self.dtype = dtype
+
     class Layer:
-        def __init__(self, kind):
-            self.type = kind
+        def __init__(self, kind, name="", outputs=()):
+            self.type, self.name, self._outputs = kind, name, [Tensor(d) for d in outputs]
+            self.num_outputs = len(self._outputs)
+            self.precision, self.output_types = None, {}
+
+        def get_output(self, i):
+            return self._outputs[i]
+
+        def set_output_type(self, i, dtype):
+            self.output_types[i] = dtype
 
     class Network:
         def __init__(self, flags):
             self.flags = flags
-            layers = ["LayerType.REDUCE"] + ["LayerType.PLUGIN_V3"] * plugin_layers
-            self._layers = [Layer(k) for k in layers]
-            self.num_layers = len(self._layers)
+            self._layers = [Layer("LayerType.REDUCE", "pool", ["float32"])]
+            self._layers += [Layer("LayerType.PLUGIN_V3", f"extra_plugin_{i}") for i in range(plugin_layers)]
+
+        @property
+        def num_layers(self):
+            return len(self._layers)
 
         def get_layer(self, i):
             return self._layers[i]
+
+    def to_layers(model) -> list:
+        """The fake parser: one layer per node, custom nodes resolved as the module docstring says."""
+        inferred = onnx.shape_inference.infer_shapes(model)
+        g = inferred.graph
+        kinds = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BOOL: "bool"}
+        types = {v.name: kinds.get(v.type.tensor_type.elem_type, "int32") for v in (*g.value_info, *g.output)}
+        functions = {(f.domain, f.name): f for f in model.functions}
+        registered = bool(rec.loaded) and C.SAMPLE_OP in creators
+        layers = []
+        for node in model.graph.node:
+            if node.domain in ("", "ai.onnx"):
+                layers.append(Layer(f"LayerType.{node.op_type.upper()}", node.name,
+                                    [types.get(o, "float32") for o in node.output]))
+                continue
+            body = functions.get((node.domain, node.op_type)) if major_minor >= (10, 0) else None
+            plugin = registered and major_minor >= (10, 0)
+            if body is not None and (major_minor < (10, 7) or not plugin):
+                layers += [Layer(f"LayerType.{n.op_type.upper()}", n.name, ["int32"] * len(n.output)) for n in body.node]
+            elif plugin:
+                layers.append(Layer("LayerType.PLUGIN_V3", node.name, ["int32", "int32"]))
+            else:
+                rec.parse_error = f"In node {node.name} (importFallbackPluginImporter): No importer registered for op: {node.op_type}"
+                return None
+        return layers
 
     class Profile:
         def __init__(self):
@@ -113,6 +197,7 @@ def fake_tensorrt(version: str = "10.3.0.30", rec: Recorder | None = None, creat
     class Config:
         def __init__(self):
             self.flags, self.cleared, self.profiles, self.pool = set(), set(), [], {}
+            self.profiling_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY
 
         def set_flag(self, flag):
             self.flags.add(flag)
@@ -156,33 +241,66 @@ def fake_tensorrt(version: str = "10.3.0.30", rec: Recorder | None = None, creat
 
         def build_serialized_network(self, network, config):
             rec.calls.append(("build_serialized_network",))
+            rec.built = (network, config)
             return b"FAKE-ENGINE:" + repr([p.shapes for p in config.profiles]).encode()
 
     class OnnxParser:
         def __init__(self, network, logger):
-            self.num_errors = 0 if parse_ok else 1
+            self.network, self.num_errors = network, 0
+
+        def _parse(self, model) -> bool:
+            rec.parse_error = "In node 3 (importFallbackPluginImporter): No importer registered for op: ATSSample"
+            layers = to_layers(model) if parse_ok else None
+            if layers is None:
+                self.num_errors = 1
+                return False
+            self.network._layers += layers
+            return True
 
         def parse_from_file(self, path):
             rec.calls.append(("parse_from_file", path))
-            return parse_ok
+            return self._parse(onnx.load(path))
 
         def parse(self, model, path=None):
             rec.calls.append(("parse", bytes(model), path))
-            return parse_ok
+            return self._parse(onnx.load_from_string(bytes(model)))
 
         def get_error(self, i):
-            return "In node 3 (importFallbackPluginImporter): No importer registered for op: ATSSample"
+            return rec.parse_error
+
+    class Inspector:
+        def get_engine_information(self, fmt):
+            network, config = rec.built
+            layers = [network.get_layer(i) for i in range(network.num_layers)]
+            if config.profiling_verbosity != trt.ProfilingVerbosity.DETAILED:
+                return json.dumps({"Layers": [layer.name for layer in layers], "Bindings": []})
+            kinds = {"LayerType.PLUGIN_V3": "PluginV3"}
+            return json.dumps({"Layers": [{"Name": layer.name, "LayerType": kinds.get(layer.type, "Reformat")}
+                                          for layer in layers], "Bindings": []})
+
+    class BuiltEngine:
+        def create_engine_inspector(self):
+            rec.calls.append(("create_engine_inspector",))
+            return Inspector()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return BuiltEngine() if inspector else object()
 
     class Registry:
         def load_library(self, path):
             rec.calls.append(("load_library", path))
+            rec.loaded.append(path)
             return object()
 
         def get_creator(self, name, version, namespace):
             return object() if name in creators and namespace == "tscli" else None
 
     registry = Registry()
-    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
+    trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
     trt.get_plugin_registry = lambda: registry
     return trt
 
@@ -203,6 +321,7 @@ def add_fake_runtime(trt: types.ModuleType) -> types.ModuleType:
     class Context:
         def __init__(self, engine):
             self.engine, self.shapes, self.addr = engine, {}, {}
+            self.nvtx_verbosity = None
 
         def set_optimization_profile_async(self, index, stream):
             rec.calls.append(("set_optimization_profile_async", index))

@@ -27,10 +27,10 @@ def register_schema() -> None:
     P = defs.OpSchema.FormalParameter
     schema = defs.OpSchema(
         SAMPLE_OP, PLUGIN_DOMAIN, 1,
-        inputs=[P("scores", "T"), P("valid", "B"), P("k_like", "T")],
-        outputs=[P("index", "I"), P("mask", "B")],
-        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("B", ["tensor(bool)"], ""),
-                          ("I", ["tensor(int32)"], "")],
+        # float32 and int32 only: the TensorRT plugin's types (models/ops.py says why)
+        inputs=[P("scores", "F"), P("valid", "I"), P("k_like", "F")],
+        outputs=[P("index", "I"), P("mask", "I")],
+        type_constraints=[("F", ["tensor(float)"], ""), ("I", ["tensor(int32)"], "")],
         attributes=[defs.OpSchema.Attribute("scheme", defs.OpSchema.AttrType.STRING, "paper | official"),
                     defs.OpSchema.Attribute("plugin_version", defs.OpSchema.AttrType.STRING, "TensorRT plugin version", required=False),
                     defs.OpSchema.Attribute("plugin_namespace", defs.OpSchema.AttrType.STRING, "TensorRT plugin namespace", required=False)],
@@ -68,7 +68,7 @@ def sampling_function(scheme: str, opset: int) -> onnx.FunctionProto:
     dims = {"scores": {0: torch.export.Dim("b"), 1: torch.export.Dim("n")},
             "valid": {0: torch.export.Dim("b"), 1: torch.export.Dim("n")},
             "k_like": {0: torch.export.Dim("k")}}
-    example = (torch.rand(2, 9), torch.ones(2, 9, dtype=torch.bool), torch.zeros(4))
+    example = (torch.rand(2, 9), torch.ones(2, 9, dtype=torch.int32), torch.zeros(4))
     body = run_exporter(_Sample(scheme).eval(), example, (["scores", "valid", "k_like"], ["index", "mask"]), dims, opset)
     graph = body.graph
     consts = [helper.make_node("Constant", [], [init.name], value=init) for init in graph.initializer]

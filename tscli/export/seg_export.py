@@ -113,7 +113,7 @@ def _torch_export(built: BuiltModel, hw, cap, xi, opset: int) -> onnx.ModelProto
 def add_input_default(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
     """Give graph input ``name`` a default: an initializer of the same name (ONNX IR >= 4). ONNX
     Runtime lets a feed override it. TensorRT's parser treats such an input as a constant, so
-    `tscli build` drops the default before parsing (tools/engine_build.parser_input)."""
+    `tscli build` drops the default before parsing (tools/build_plan.parser_model)."""
     if not any(i.name == name for i in model.graph.input):
         raise TscliError(f"exported graph has no input {name!r}")
     model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))

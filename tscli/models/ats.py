@@ -20,7 +20,7 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor
 
-from . import ops  # noqa: F401  (registers torch.ops.tscli.ats_sample)
+from . import ops  # also registers torch.ops.tscli.ats_sample
 from .sampling import ats_pick, slot_indices
 
 
@@ -129,7 +129,7 @@ class TokenSamplingBlock(Block):
     def pick(self, scores: Tensor, valid: Tensor, k_like: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """-> (slot index [B, K+1] into the block input, slot mask [B, K+1], margin or None)."""
         if self.use_custom_op:
-            index, slot_mask = torch.ops.tscli.ats_sample(scores, valid, k_like, self.scheme)
+            index, slot_mask = ops.sample_slots(scores, valid, k_like, self.scheme)
             return index.long(), slot_mask, None
         # the same functions the op runs, without its int32 plugin contract
         keep, margin = ats_pick(scores, valid, k_like, self.scheme, with_margin=self.record_margin)
@@ -198,7 +198,7 @@ class TokenSamplingBlock(Block):
         scores = a[:, :, 0, 1:].sum(dim=1) * v_norm[:, 1:]
         if self.use_custom_op:  # the plugin's slot index, turned into a mask over these slots;
             # its padding points at CLS, which is always kept: every write stores the same value
-            index, _ = torch.ops.tscli.ats_sample(scores, state.mask[:, 1:], k_like, self.scheme)
+            index, _ = ops.sample_slots(scores, state.mask[:, 1:], k_like, self.scheme)
             mask, margin = state.mask.to(a.dtype).mul(0.0).scatter(1, index.long(), 1.0) > 0, None
         else:
             keep, margin = ats_pick(scores, state.mask[:, 1:], k_like, self.scheme, with_margin=self.record_margin)

@@ -137,7 +137,7 @@ def scheme_code(scheme: str | int) -> int:
 
 def _as_batch(scores: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scores = np.ascontiguousarray(scores, dtype=np.float32)
-    valid = np.ascontiguousarray(valid).astype(np.uint8, copy=False)
+    valid = np.asarray(valid)  # compared with 0 before any narrowing: an int32 256 is valid, not 0
     if scores.ndim != 2 or valid.shape != scores.shape:
         raise InputError(f"scores/valid must both be [B, N]; got {scores.shape} and {valid.shape}")
     return scores, np.ascontiguousarray(valid != 0, dtype=np.uint8)

@@ -22,10 +22,10 @@ from .core import build_cpu_library
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 KERNELS = CSRC / "ats_sampling_kernels.cu"
-# Jetson Orin, A100, RTX 30xx/A10, RTX 40xx/L4, H100. Jetson Xavier (72) is listed separately:
-# CUDA 13 dropped it, so it only compiles with an older nvcc (JetPack 5 ships CUDA 11.4).
+# Jetson Orin, A100, RTX 30xx/A10, RTX 40xx/L4, H100. Not Jetson Xavier (sm_72): its last
+# JetPack (5) ships TensorRT 8.5, below tscli's minimum (runtime/trt/host.MIN_TRT), so nothing
+# built for it could run a tscli engine.
 TARGET_ARCHS = ("87", "80", "86", "89", "90")
-LEGACY_ARCHS = ("72",)
 NVCC_FLAGS = ("-std=c++17", "-O2", "--fmad=false")
 
 
@@ -76,16 +76,15 @@ def compile_arch(nvcc: str, arch: str, out_dir: Path, source: Path = KERNELS) ->
     return ArchResult(arch, "OK", f"{obj.stat().st_size} bytes")
 
 
-def check_cuda(archs: tuple[str, ...] = TARGET_ARCHS, legacy: tuple[str, ...] = LEGACY_ARCHS) -> list[ArchResult]:
-    """Compile the kernels for each arch. Legacy archs this nvcc dropped are SKIP, not FAIL."""
+def check_cuda(archs: tuple[str, ...] = TARGET_ARCHS) -> list[ArchResult]:
+    """Compile the kernels for each arch; an arch this nvcc does not know is SKIP, not FAIL."""
     nvcc = _require_nvcc()
     known = supported_archs(nvcc)
     results = []
     with tempfile.TemporaryDirectory(prefix="tscli-nvcc-") as tmp:
-        for arch in (*archs, *legacy):
-            if arch in legacy and known and arch not in known:
-                why = f"nvcc {nvcc_version(nvcc)} dropped sm_{arch}; build on the device with JetPack 5's nvcc"
-                results.append(ArchResult(arch, "SKIP", why))
+        for arch in archs:
+            if known and arch not in known:
+                results.append(ArchResult(arch, "SKIP", f"nvcc {nvcc_version(nvcc)} does not know sm_{arch}"))
                 continue
             results.append(compile_arch(nvcc, arch, Path(tmp)))
     return results
@@ -107,7 +106,7 @@ def _main(argv: list[str] | None = None) -> int:
             archs = tuple(a.strip().removeprefix("sm_") for a in args.arch.split(",") if a.strip())
             nvcc = _require_nvcc()
             print(f"nvcc {nvcc_version(nvcc)} ({nvcc})")
-            for res in check_cuda(tuple(a for a in archs if a not in LEGACY_ARCHS)):
+            for res in check_cuda(archs):
                 print(f"sm_{res.arch}: {res.status}  {res.detail}")
                 failed |= res.status == "FAIL"
     except MissingDependency as exc:

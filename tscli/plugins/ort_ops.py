@@ -31,11 +31,11 @@ import tempfile
 import urllib.request
 from pathlib import Path, PurePosixPath
 
-from ..errors import MissingDependency, TscliError
+from ..errors import MissingDependency, ModelFileError, TscliError
 from .core import cache_dir, compile_library
 
 ORT_SOURCES = ("ats_sampling_core.h", "ats_sampling_fast.h", "ats_ort_ops.cpp")
-ABI_VERSION = 1
+ABI_VERSION = 2  # csrc/ats_ort_ops.cpp: 2 = int32 valid/mask (the TensorRT plugin's types)
 HEADER = "onnxruntime_c_api.h"
 DEB_URL = "http://deb.debian.org/debian/pool/main/o/onnxruntime/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb"
 DEB_SHA256 = "14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08"
@@ -144,12 +144,30 @@ def fetch_ort_headers(url: str = DEB_URL, sha256: str = DEB_SHA256) -> Path:
     return target
 
 
+def library_abi(library: str | Path) -> int | None:
+    """The ABI version a tscli op library reports, or None for a library that is not one of ours
+    (or not loadable with ctypes: ORT then says why when it registers it)."""
+    try:
+        return int(ctypes.CDLL(str(library)).tscli_ort_ops_abi_version())
+    except (OSError, AttributeError):
+        return None
+
+
+def check_library_abi(library: str | Path) -> None:
+    """A tscli op library built from other sources than this tscli's would be given tensors of
+    the wrong type (ABI 1 took bool flags): refuse it with the rebuild command."""
+    abi = library_abi(library)
+    if abi is not None and abi != ABI_VERSION:
+        raise ModelFileError(f"{library} is a tscli ORT op library of ABI {abi}; this tscli needs ABI {ABI_VERSION} "
+                             "(int32 valid/mask): rebuild it with `python -m tscli.plugins.ort_ops`")
+
+
 def build_ort_ops(include_dir: str | Path | None = None, force: bool = False) -> Path:
     """Compile csrc/ats_ort_ops.cpp (cached by sources, headers and flags); return the .so path."""
     headers = find_ort_headers(include_dir)
     library = compile_library("libtscli_ort_ops", (*ORT_SOURCES, (headers / HEADER).resolve()), "ats_ort_ops.cpp",
                               extra_flags=(f"-I{headers}", "-fvisibility=hidden"), force=force)
-    abi = ctypes.CDLL(str(library)).tscli_ort_ops_abi_version()
+    abi = library_abi(library)
     if abi != ABI_VERSION:
         raise TscliError(f"{library} has ABI {abi}, expected {ABI_VERSION}; delete it")
     return library

@@ -144,8 +144,11 @@ def check_jetson() -> Check:
     if jp:
         detail += f" = JetPack {jp} (ships TensorRT {info['jetpack_tensorrt']})"
     old = info.get("l4t") and host.version_tuple(info["l4t"])[:1] < (36,)
-    if old:
-        return Check("Jetson", WARN, detail, "JetPack 5 ships TensorRT 8.5, too old for a runtime K: flash JetPack 6")
+    if old:  # JetPack 5 (Xavier's last) = TensorRT 8.5 < MIN_TRT: no tscli engine can run here
+        return Check("Jetson", MISSING, detail + ": not supported",
+                     f"JetPack 5 ships TensorRT 8.5, below tscli's minimum {'.'.join(map(str, host.MIN_TRT))} (a "
+                     "runtime K); Orin: flash JetPack 6 or 7; Xavier has no newer JetPack (run the ONNX file "
+                     "with ONNX Runtime instead)")
     return Check("Jetson", OK, detail)
 
 

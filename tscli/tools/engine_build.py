@@ -1,8 +1,10 @@
 """`tscli build`: exported ONNX -> TensorRT engine + manifest (TensorRT 8.6 and 10.x/11.x).
 
 Order of work: everything about the source file is checked first (without TensorRT, so a bad
-file is reported even on the export host), then TensorRT is imported, the plugin library loaded,
-the network parsed and built, and the engine + manifest written atomically.
+file is reported even on the export host), then TensorRT is imported and its version decides the
+plan (tools/build_plan.py: sampling path, parser input, precision flags; `--dry-run` stops there),
+the plugin library is loaded, the network parsed and built, the engine asked whether plugin
+layers run the sampling, and the engine + manifest written atomically.
 """
 
 from __future__ import annotations
@@ -20,13 +22,11 @@ from ..errors import (
     MissingDependency,
     ModelFileError,
     UsageError,
-    first_line,
 )
-from ..files import atomic_path, sha256_file
+from ..files import atomic_path, check_output_file, sha256_file
 from ..plugins.locate import find_plugin_library
-from ..runtime.ort.session import OrtBackend
 from ..runtime.trt import manifest as M
-from ..runtime.trt.host import GpuInfo, check_trt_version, detect_gpu, import_tensorrt
+from ..runtime.trt.host import GpuInfo, check_trt_version, detect_gpu, import_tensorrt, version_tuple
 from ..runtime.trt.opt_profiles import (
     DEFAULT_BATCH,
     Profile,
@@ -35,6 +35,11 @@ from ..runtime.trt.opt_profiles import (
     k_span,
 )
 from ..runtime.trt.plugin_registry import check_plugin_ops, load_plugin_library
+from . import build_plan as P
+from .build_source import SourceInfo, read_source, refuse_unbuildable
+
+__all__ = ["BuildOptions", "BuildPlan", "BuildResult", "SourceInfo", "build_engine", "dry_run", "plan_build",
+           "read_source", "refuse_unbuildable"]
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -51,22 +56,9 @@ class BuildOptions:
     workspace_mb: int | None = None
     timing_cache: str | None = None
     verbose: bool = False
-
-
-@dataclass
-class SourceInfo:
-    path: Path
-    meta: dict
-    input_names: list[str]
-    input_types: dict[str, str]  # name -> "float32" / "float16"
-    custom_ops: list[dict] = field(default_factory=list)  # [{"name", "namespace", "version"}]
-    lint_error: str | None = None
-    # Inputs that carry a default value (an initializer of the same name: DoViT's xi). TensorRT's
-    # parser would fold such an input into a constant, freezing it in the engine.
-    defaulted_inputs: list[str] = field(default_factory=list)
-    # What TensorRT parses when defaulted inputs exist: the model without those defaults, so they
-    # stay engine inputs (DoViT: xi chosen at load). Made where the file is read (needs onnx).
-    parser_bytes: bytes | None = None
+    dry_run: bool = False
+    trt_version: str | None = None  # dry run: plan for this TensorRT instead of the installed one
+    save_parser_input: str | None = None  # dry run: write the exact model bytes the parser would get
 
 
 @dataclass
@@ -75,6 +67,9 @@ class BuildPlan:
     profiles: list[Profile]
     engine_path: Path
     plugin_library: Path | None
+    plugin_explicit: bool = False  # given with --plugins (else found on the search path)
+    plan: P.Plan | None = None  # set once the TensorRT version is known (finish_plan)
+    parser_bytes: bytes | None = None  # None: the parser reads the file as it is
 
 
 @dataclass
@@ -86,61 +81,6 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _custom_ops_from_onnx(model) -> list[dict]:
-    ops = {}
-    for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            attrs = {a.name: a.s.decode() for a in node.attribute if a.name in ("plugin_version", "plugin_namespace")}
-            key = (node.op_type, attrs.get("plugin_namespace", node.domain), attrs.get("plugin_version", C.PLUGIN_VERSION))
-            ops[key] = {"name": key[0], "namespace": key[1], "version": key[2]}
-    return list(ops.values())
-
-
-def read_source(path: str | Path) -> SourceInfo:
-    """Metadata, inputs and custom nodes of an exported file. With the onnx package (export host)
-    the graph is linted too; a deploy host with only onnxruntime relies on the metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"ONNX file {str(path)!r} does not exist")
-    if importlib.util.find_spec("onnx") is not None:
-        import onnx
-
-        from ..export.lint import lint_model  # needs onnx, like the branch it is in
-
-        try:
-            model = onnx.load(str(path))
-        except Exception as exc:  # noqa: BLE001 - protobuf raises several types
-            raise ModelFileError(f"{str(path)!r} is not a readable ONNX file: {first_line(exc, 200)}") from None
-        meta = C.decode_metadata({p.key: p.value for p in model.metadata_props})
-        init = {i.name for i in model.graph.initializer}
-        inputs = [i for i in model.graph.input if i.name not in init]
-        types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name for i in inputs}
-        report = lint_model(model)
-        defaulted = [i.name for i in model.graph.input if i.name in init]
-        return SourceInfo(path, meta, [i.name for i in inputs], types, _custom_ops_from_onnx(model),
-                          None if report.ok else report.first_error(), defaulted, _without_defaults(model, defaulted))
-    backend = OrtBackend(path)
-    meta = C.decode_metadata(backend.metadata_props)
-    types = {i.name: i.type.replace("tensor(", "").rstrip(")").replace("float", "float32").replace("3216", "16")
-             for i in backend.session.get_inputs()}
-    ops = [{"name": C.SAMPLE_OP, "namespace": C.PLUGIN_DOMAIN, "version": C.PLUGIN_VERSION}] if meta.get("form") == "plugin" else []
-    defaulted = [i.name for i in backend.session.get_overridable_initializers()]
-    return SourceInfo(path, meta, backend.input_names, types, ops, defaulted_inputs=defaulted)
-
-
-def refuse_unbuildable(src: SourceInfo) -> None:
-    """Trimmed graphs have data-dependent shapes; TensorRT would need output allocators and lose
-    the point of a fixed K. One line says how to get a buildable file."""
-    name = src.path.name
-    if "model" not in src.meta:
-        raise ModelFileError(f"{name} was not exported by tscli (no tscli.* metadata); export it with `tscli export`")
-    if src.meta.get("mode") == "trimmed":
-        raise UsageError(f"{name} is a trimmed graph (data-dependent shapes): TensorRT engines need the padded graph; "
-                         "export it again with `tscli export` (padded is the default)")
-    if src.lint_error:
-        raise UsageError(f"{name} cannot become a TensorRT engine: {src.lint_error}")
-
-
 def plan_build(opts: BuildOptions) -> BuildPlan:
     """All checks that need no TensorRT: file, metadata, lint, options, profiles, plugin path."""
     if opts.precision not in PRECISIONS:
@@ -149,9 +89,13 @@ def plan_build(opts: BuildOptions) -> BuildPlan:
         raise UsageError(f"--workspace {opts.workspace_mb} is invalid; give a size in MB >= 1")
     src = read_source(opts.onnx)
     refuse_unbuildable(src)
-    parser_input(src)  # a missing onnx package is known before TensorRT is imported
+    if src.defaulted_inputs and src.model is None:  # known before TensorRT is imported
+        raise MissingDependency(f"{src.path.name}: keeping {', '.join(src.defaulted_inputs)} selectable in the engine "
+                                "needs the onnx package to drop its default first: pip install onnx")
     profiles = derive_profiles(src.meta, src.input_names, opts.ks, opts.k_ranges, opts.batch)
     engine = Path(opts.output) if opts.output else src.path.with_suffix(".engine")
+    if opts.dry_run:  # a plan for another host: no engine is written, no library searched here
+        return BuildPlan(src, profiles, engine, Path(opts.plugins) if opts.plugins else None, bool(opts.plugins))
     if not engine.parent.exists():
         raise UsageError(f"output folder {str(engine.parent)!r} does not exist")
     if opts.timing_cache:  # checked now: a bad path must not surface after a build of minutes
@@ -159,7 +103,54 @@ def plan_build(opts: BuildOptions) -> BuildPlan:
         if cache.is_dir() or not cache.parent.is_dir():
             raise UsageError(f"--timing-cache {opts.timing_cache!r} must be a file in an existing folder")
     library = find_plugin_library(opts.plugins) if (opts.plugins or src.custom_ops) else None
-    return BuildPlan(src, profiles, engine, library)
+    return BuildPlan(src, profiles, engine, library, bool(opts.plugins))
+
+
+def finish_plan(bp: BuildPlan, version: tuple[int, ...], version_text: str, precision: str) -> P.Plan:
+    """The version-dependent part: sampling path, parser input, precision (build_plan.py)."""
+    src, library = bp.source, bp.plugin_library
+    note = None
+    if library is not None and not bp.plugin_explicit and tuple(version[:2]) < P.FIRST_V3_PLUGINS:
+        library, note = None, f"{library} found but not used: TensorRT {version_text} cannot load IPluginV3 plugins"
+    bp.plugin_library = library
+    plan = P.make_plan(tuple(version[:2]), version_text, src.meta, src.has_nodes, str(library) if library else None,
+                       precision, src.input_types.get(C.INPUT_IMAGES, "float32"), src.path.name,
+                       [p.to_dict() for p in bp.profiles], src.defaulted_inputs)
+    if note:
+        plan.notes.append(note)
+    if src.node_problem and (plan.sampling == P.PLUGIN or plan.fp16_flag or plan.strongly_typed):
+        raise UsageError(f"{src.path.name}: {src.node_problem}")
+    if plan.edits:
+        if src.model is None:
+            raise P.need_onnx(src.path.name, plan)
+        bp.parser_bytes = P.parser_model(src.model, plan, src.defaulted_inputs).SerializeToString()
+    bp.plan = plan
+    return plan
+
+
+def dry_run(opts: BuildOptions) -> BuildPlan:
+    """The plan a build would follow on --trt-version (or the installed TensorRT), without
+    TensorRT; with --save-parser-input, the exact bytes the parser would get, written atomically."""
+    if opts.trt_version:
+        version, text = P.parse_trt_version(opts.trt_version), opts.trt_version.strip()
+    elif importlib.util.find_spec("tensorrt") is not None:
+        trt = import_tensorrt()
+        version, text = check_trt_version(trt), trt.__version__
+    else:
+        raise UsageError("--dry-run needs --trt-version X.Y on a host without TensorRT (e.g. --trt-version 10.3)")
+    if opts.save_parser_input:
+        if not opts.save_parser_input.endswith(".onnx"):
+            raise UsageError(f"--save-parser-input {opts.save_parser_input!r} must be an .onnx file")
+        check_output_file(opts.save_parser_input, "--save-parser-input", [opts.onnx])
+    bp = plan_build(opts)
+    finish_plan(bp, version, text, opts.precision)
+    if bp.plan.plugin_library and not Path(bp.plan.plugin_library).is_file():
+        bp.plan.notes.append("the plugin library is not on this host (a dry run neither needs nor loads it)")
+    if opts.save_parser_input:
+        data = bp.parser_bytes if bp.parser_bytes is not None else bp.source.path.read_bytes()
+        with atomic_path(opts.save_parser_input, suffix=".onnx") as tmp:
+            tmp.write_bytes(data)
+    return bp
 
 
 def network_flags(trt, major: int) -> int:
@@ -174,21 +165,38 @@ def network_flags(trt, major: int) -> int:
     return flags
 
 
-def configure_precision(trt, builder, config, precision: str, major: int, src: SourceInfo) -> list[str]:
-    images_type = src.input_types.get(C.INPUT_IMAGES, "float32")
-    if major >= 11:
-        if precision == "fp16" and images_type != "float16":
-            raise UsageError(f"TensorRT {major} builds strongly typed networks: precision comes from the ONNX file, and "
-                             f"{src.path.name} is {images_type}; --precision fp16 needs an fp16 ONNX (or use --precision fp32)")
-        return []
-    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-        # TensorRT allows TF32 by default on Ampere+ (Orin): ~1e-3 relative error. fp32 means fp32.
+def configure_precision(trt, builder, config, plan: P.Plan) -> list[str]:
+    """The plan's flags. TF32 is cleared on every version that has the flag (TensorRT, 11.x too,
+    allows it by default on Ampere+ (Orin): ~1e-3 relative error): fp32 means fp32. Strongly
+    typed networks (11.x) take fp16 from the file, so the FP16 flag is set only where it counts."""
+    if not plan.tf32 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
-    if precision == "fp16":
+    if plan.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
         if not getattr(builder, "platform_has_fast_fp16", True):
             return ["this GPU has no fast fp16: the fp16 engine may be slower than fp32"]
     return []
+
+
+def pin_sampling_fp32(trt, network, config) -> int:
+    """fp16 builds of inlined sampling (weakly typed networks): the layers the parser made from
+    the sampling body (named build_plan.SAMPLING_PREFIX*) with float outputs run in fp32, and the
+    builder must obey that. Returns how many layers were pinned."""
+    floats = {trt.float32, trt.float16}
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if not str(layer.name).startswith(P.SAMPLING_PREFIX):
+            continue
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if outputs and all(o.dtype in floats for o in outputs):
+            layer.precision = trt.float32
+            for j in range(len(outputs)):
+                layer.set_output_type(j, trt.float32)
+            pinned += 1
+    if pinned:
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return pinned
 
 
 def set_workspace(trt, config, workspace_mb: int | None) -> None:
@@ -208,31 +216,9 @@ def add_profiles(builder, config, profiles: list[Profile]) -> None:
         config.add_optimization_profile(profile)
 
 
-def _without_defaults(model, defaulted: list[str]) -> bytes | None:
-    """The serialized model minus the initializers that give ``defaulted`` inputs their default
-    (the loaded model is edited: read_source is done with it). None when there is none."""
-    if not defaulted:
-        return None
-    keep = [t for t in model.graph.initializer if t.name not in defaulted]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    return model.SerializeToString()
-
-
-def parser_input(src: SourceInfo) -> bytes | None:
-    """What TensorRT parses: None = the file as it is; bytes = the model with the defaults of its
-    defaulted inputs dropped, so that they stay engine inputs (DoViT: xi chosen at load, as with
-    ONNX Runtime, instead of frozen at its export value). Called by plan_build, before TensorRT is
-    imported, so a host without the onnx package (needed to edit the graph) learns it at once."""
-    if src.defaulted_inputs and src.parser_bytes is None:
-        raise MissingDependency(f"{src.path.name}: keeping {', '.join(src.defaulted_inputs)} selectable in the engine "
-                                "needs the onnx package to drop its default first: pip install onnx")
-    return src.parser_bytes
-
-
 def parse_onnx(trt, network, logger, plan: BuildPlan) -> None:
     parser = trt.OnnxParser(network, logger)
-    data = parser_input(plan.source)
+    data = plan.parser_bytes
     # parse(bytes, path): the path only resolves external data; tscli files have none.
     ok = parser.parse_from_file(str(plan.source.path)) if data is None else parser.parse(data, str(plan.source.path))
     if ok:
@@ -240,9 +226,11 @@ def parse_onnx(trt, network, logger, plan: BuildPlan) -> None:
     errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
     first = errors[0].strip().splitlines()[0][:300] if errors and errors[0].strip() else "unknown parser error"
     hint = ""
-    if plan.source.custom_ops and plan.plugin_library is None:
-        hint = ("; this is a plugin-form file: build libtscli_plugins.so and pass --plugins, "
-                "or export the plain form (`tscli export --form plain`)")
+    if plan.source.has_nodes and plan.plugin_library is None:
+        # --plugins only where this TensorRT can load the plugins (>= 10)
+        plugins = ("build libtscli_plugins.so and pass --plugins, or " if plan.plan is not None
+                   and version_tuple(plan.plan.trt_version)[:2] >= P.FIRST_V3_PLUGINS else "")
+        hint = f"; this is a plugin-form file: {plugins}export the plain form (`tscli export --form plain`)"
     raise ModelFileError(f"TensorRT's ONNX parser rejected {plan.source.path.name}: {first}{hint}")
 
 
@@ -271,8 +259,26 @@ def count_plugin_layers(network) -> int:
     return sum("PLUGIN" in str(network.get_layer(i).type) for i in range(network.num_layers))
 
 
+def sampling_in_engine(trt, logger, serialized, network, plan: BuildPlan) -> dict:
+    """Which path runs the sampling in the built engine: plugin layers in the engine inspector's
+    layer list (TensorRT >= 8.2, engines built with DETAILED profiling verbosity), else in the
+    parsed network's layer types."""
+    if not plan.source.has_nodes:
+        return {"path": plan.plan.sampling, "checked_by": "plan (no tscli.ATSSample nodes)", "plugin_layers": 0}
+    layers, checked_by = None, "engine inspector"
+    try:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+        inspector = engine.create_engine_inspector()
+        layers = P.plugin_layers_from_inspector(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    except Exception:  # noqa: BLE001 - an older binding or a failed deserialise: use the network
+        layers = None
+    if layers is None:
+        layers, checked_by = count_plugin_layers(network), "network layers"
+    return {"path": P.PLUGIN if layers else P.STANDARD, "checked_by": checked_by, "plugin_layers": layers}
+
+
 def make_manifest(plan: BuildPlan, trt_version: str, gpu: GpuInfo | None, precision: str,
-                  plugin_ops: list[dict], opts: BuildOptions) -> dict:
+                  plugin_ops: list[dict], opts: BuildOptions, sampling: dict) -> dict:
     lib = plan.plugin_library
     return {
         "format": M.FORMAT, "manifest_version": M.VERSION,
@@ -291,48 +297,53 @@ def make_manifest(plan: BuildPlan, trt_version: str, gpu: GpuInfo | None, precis
         "input_names": plan.source.input_names,
         "workspace_mb": opts.workspace_mb, "timing_cache": opts.timing_cache,
         "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "sampling": sampling,
+        "build_plan": plan.plan.to_dict(),
     }
 
 
-def build_engine(opts: BuildOptions, progress=lambda msg: None) -> BuildResult:
+def build_engine(opts: BuildOptions, progress=lambda msg: None, show_plan=lambda plan: None) -> BuildResult:
     start = time.perf_counter()
-    plan = plan_build(opts)
+    bp = plan_build(opts)
     trt = import_tensorrt()
-    major = check_trt_version(trt)[0]
+    version = check_trt_version(trt)
+    plan = finish_plan(bp, version, trt.__version__, opts.precision)
+    show_plan(plan)
     logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     warnings: list[str] = []
-    if plan.plugin_library is not None and major < 10:
-        if opts.plugins:
-            raise UsageError(f"--plugins: the tscli plugins are IPluginV3 and need TensorRT >= 10 (this host has "
-                             f"{trt.__version__}); build without --plugins (the sampling body is inlined)")
-        plan.plugin_library = None  # found on the search path but unusable here: the body is inlined
-    if plan.plugin_library is not None:
-        progress(f"loading plugins {plan.plugin_library.name}")
-        load_plugin_library(trt, plan.plugin_library)
-        check_plugin_ops(trt, plan.source.custom_ops, plan.plugin_library)
-    elif plan.source.custom_ops:
-        warnings.append("plugin-form file without a plugin library: TensorRT (>= 10.7) inlines the sampling "
-                        "function body; build libtscli_plugins.so and pass --plugins for the fused plugin")
+    if bp.plugin_library is not None and bp.source.custom_ops:
+        progress(f"loading plugins {bp.plugin_library.name}")
+        load_plugin_library(trt, bp.plugin_library)
+        check_plugin_ops(trt, bp.source.custom_ops, bp.plugin_library)
+    elif bp.source.has_nodes and version[:2] >= P.FIRST_V3_PLUGINS:
+        warnings.append("plugin-form file without a plugin library: the sampling runs as standard ops; build "
+                        "libtscli_plugins.so and pass --plugins for the fused plugin")
     builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt, major))
+    network = builder.create_network(network_flags(trt, version[0]))
     config = builder.create_builder_config()
-    warnings += configure_precision(trt, builder, config, opts.precision, major, plan.source)
+    warnings += configure_precision(trt, builder, config, plan)
     set_workspace(trt, config, opts.workspace_mb)
+    if bp.source.has_nodes and hasattr(trt, "ProfilingVerbosity"):  # layer types in the engine inspector
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     progress("parsing the ONNX graph")
-    parse_onnx(trt, network, logger, plan)
-    n_plugins = count_plugin_layers(network)
-    if plan.plugin_library is not None and plan.source.custom_ops and n_plugins == 0:
-        warnings.append("the plugin library is loaded but TensorRT inlined the function bodies (no plugin layers)")
-    plugin_ops = plan.source.custom_ops if n_plugins else []
-    add_profiles(builder, config, plan.profiles)
+    parse_onnx(trt, network, logger, bp)
+    if plan.fp16_flag and plan.sampling == P.STANDARD and bp.source.has_nodes:
+        if not pin_sampling_fp32(trt, network, config):
+            warnings.append(f"no layer named {P.SAMPLING_PREFIX}* found: the inlined sampling may run in fp16")
+    add_profiles(builder, config, bp.profiles)
     _timing_cache(config, opts.timing_cache)
-    progress(f"building ({len(plan.profiles)} profile(s), {opts.precision}); this takes minutes on a Jetson")
+    progress(f"building ({len(bp.profiles)} profile(s), {opts.precision}); this takes minutes on a Jetson")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise CheckFailed(f"TensorRT could not build an engine from {plan.source.path.name} (see its log above; "
+        raise CheckFailed(f"TensorRT could not build an engine from {bp.source.path.name} (see its log above; "
                           "--verbose shows more)")
+    sampling = sampling_in_engine(trt, logger, serialized, network, bp)
+    if plan.sampling == P.PLUGIN and sampling["path"] != P.PLUGIN:
+        warnings.append(f"the plan chose the plugin, but the engine has no plugin layers ({sampling['checked_by']}): "
+                        "the sampling runs as standard ops")
+    plugin_ops = bp.source.custom_ops if sampling["path"] == P.PLUGIN else []
     gpu, _ = detect_gpu()
-    manifest = make_manifest(plan, trt.__version__, gpu, opts.precision, plugin_ops, opts)
-    engine_path, manifest_path, manifest = M.write_engine(plan.engine_path, bytes(memoryview(serialized)), manifest)
+    manifest = make_manifest(bp, trt.__version__, gpu, opts.precision, plugin_ops, opts, sampling)
+    engine_path, manifest_path, manifest = M.write_engine(bp.engine_path, bytes(memoryview(serialized)), manifest)
     _save_timing_cache(config, opts.timing_cache, warnings)
     return BuildResult(engine_path, manifest_path, manifest, time.perf_counter() - start, warnings)

@@ -35,6 +35,7 @@ class SelftestResult:
     tensorrt: str
     gpu: str
     rows: list[KResult] = field(default_factory=list)
+    sampling: str = ""  # which path ran the sampling in the engine, from its manifest
 
     @property
     def ok(self) -> bool:
@@ -46,7 +47,7 @@ class SelftestResult:
         ks = ",".join(str(r.k) for r in self.rows)
         return (f"selftest {'PASSED' if self.ok else 'FAILED'}: TensorRT {self.tensorrt} on {self.gpu}, "
                 f"{Path(self.source).name} K={ks}: max|dlogit| {worst:.2e} (tol {LOGIT_TOL:.0e}), "
-                f"kept counts {'equal' if counts else 'DIFFER'}")
+                f"kept counts {'equal' if counts else 'DIFFER'}; sampling: {self.sampling or 'unknown'}")
 
 
 def compare_outputs(ref: dict, got: dict, k: int | None) -> KResult:
@@ -106,9 +107,11 @@ def selftest(onnx_file: str | None = None, ks: list[int] | None = None, plugins:
         k_range = None if ks == [None] else [f"{min(ks)}:{max(ks)}:{max(ks)}"]
         progress("building a test engine")
         engine = Path(tmp) / "selftest.engine"
-        build_engine(BuildOptions(str(source), str(engine), k_ranges=k_range, batch="1:2:2", plugins=plugins))
+        built = build_engine(BuildOptions(str(source), str(engine), k_ranges=k_range, batch="1:2:2", plugins=plugins))
         x = np.random.default_rng(0).standard_normal((2, *probe.meta["input_size"])).astype(np.float32)
-        result = SelftestResult(str(source), trt.__version__, f"{gpu.name} ({gpu.compute_capability})")
+        checked = built.manifest["sampling"]
+        result = SelftestResult(str(source), trt.__version__, f"{gpu.name} ({gpu.compute_capability})",
+                                sampling=f"{checked['path']} ({checked['checked_by']})")
         for k in ks:
             progress(f"running K={k}")
             got = load(engine, k=k, backend="trt").infer(x)

@@ -2,9 +2,11 @@
 //
 // Load it with SessionOptions.register_custom_ops_library(path): ORT calls RegisterCustomOps
 // below, which adds domain "tscli" with the op ATSSample (the TensorRT plugin's name and
-// contract: scores float [B, N], valid bool [B, N], k_like float [K] -> index int32 [B, K+1],
-// mask bool [B, K+1]; attribute "scheme" = paper | official, default paper). The arithmetic is
-// ats_sample_fast, bit-identical to the CUDA kernel's core.
+// contract: scores float [B, N], valid int32 [B, N] (nonzero = valid), k_like float [K] -> index
+// int32 [B, K+1], mask int32 [B, K+1] (0/1); attribute "scheme" = paper | official, default
+// paper). int32 flags because TensorRT plugins take no bool tensors, and ORT runs the same node.
+// The arithmetic is ats_sample_fast, bit-identical to the CUDA kernel's core, which reads and
+// writes the flags as bytes: they are narrowed before it and widened after it here.
 //
 // Only the C API is used, through the OrtApi table ORT hands over, so the library does not link
 // against libonnxruntime and works with any ORT whose API version is at least kMinApiVersion
@@ -117,12 +119,17 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
       (status = a->GetTensorMutableData(out_mask, &mask)) != nullptr)
     return status;
 
-  // ORT's bool tensors are one byte holding 0 or 1: read and written here as uint8_t.
-  static_assert(sizeof(bool) == sizeof(uint8_t), "bool tensors are read as bytes");
   try {
-    tscli::ats::ats_sample_fast_batch(static_cast<const float*>(scores), static_cast<const uint8_t*>(valid), batch,
+    // The core takes 0/1 bytes; the node's flags are int32 (any nonzero = valid).
+    const int32_t* valid_in = static_cast<const int32_t*>(valid);
+    std::vector<uint8_t> valid_bytes(static_cast<size_t>(batch * n));
+    for (size_t i = 0; i < valid_bytes.size(); ++i) valid_bytes[i] = valid_in[i] != 0;
+    std::vector<uint8_t> mask_bytes(static_cast<size_t>(batch * (k + 1)));
+    tscli::ats::ats_sample_fast_batch(static_cast<const float*>(scores), valid_bytes.data(), batch,
                                       static_cast<int>(n), static_cast<int>(k), kernel.scheme,
-                                      static_cast<int32_t*>(index), static_cast<uint8_t*>(mask));
+                                      static_cast<int32_t*>(index), mask_bytes.data());
+    int32_t* mask_out = static_cast<int32_t*>(mask);
+    for (size_t i = 0; i < mask_bytes.size(); ++i) mask_out[i] = mask_bytes[i];
   } catch (const std::bad_alloc&) {
     return a->CreateStatus(ORT_FAIL, "tscli.ATSSample: out of memory");
   }
@@ -135,11 +142,11 @@ const char* ORT_API_CALL op_name(const OrtCustomOp*) { return "ATSSample"; }
 const char* ORT_API_CALL op_provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
 
 ONNXTensorElementDataType ORT_API_CALL input_type(const OrtCustomOp*, size_t index) {
-  return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 size_t ORT_API_CALL input_count(const OrtCustomOp*) { return 3; }
-ONNXTensorElementDataType ORT_API_CALL output_type(const OrtCustomOp*, size_t index) {
-  return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+ONNXTensorElementDataType ORT_API_CALL output_type(const OrtCustomOp*, size_t) {
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;  // index and mask
 }
 size_t ORT_API_CALL output_count(const OrtCustomOp*) { return 2; }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL required(const OrtCustomOp*, size_t) {
@@ -182,8 +189,9 @@ const OrtCustomOp g_op = make_op();
 extern "C" {
 
 // The two exported symbols (the library is built with -fvisibility=hidden).
-// Bumped when the library's contract changes (tscli/plugins/ort_ops.py checks it).
-__attribute__((visibility("default"))) int tscli_ort_ops_abi_version(void) { return 1; }
+// Bumped when the library's contract changes (tscli/plugins/ort_ops.py checks it). 2: valid and
+// mask became int32 (1 took and gave bool); a version-1 library cannot run a version-2 file.
+__attribute__((visibility("default"))) int tscli_ort_ops_abi_version(void) { return 2; }
 
 __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
                                                                                    const OrtApiBase* api_base) {

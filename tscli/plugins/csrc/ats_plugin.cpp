@@ -2,15 +2,23 @@
 // IPluginV3One* interfaces, which TensorRT 11 keeps).
 //
 //   ATSSample  version "1", namespace "tscli"
-//     inputs   scores  float32 | float16  [B, N]   raw candidate scores (CLS excluded)
-//              valid   bool               [B, N]
-//              k_like  float32 | float16  [K]      only its length matters (K from the profile)
+//     inputs   scores  float32  [B, N]   raw candidate scores (CLS excluded)
+//              valid   int32    [B, N]   1 = candidate, 0 = not (any nonzero counts as 1)
+//              k_like  float32  [K]      only its length matters (K from the profile)
 //     field    scheme  string "paper" | "official"  (an ONNX STRING attribute reaches the
 //                      plugin as kCHAR; an INT attribute 0 = paper, 1 = official also works)
-//     outputs  index   int32 [B, K+1]   slot -> token position in the block input (CLS = 0)
-//              mask    bool  [B, K+1]
+//     outputs  index   int32    [B, K+1]  slot -> token position in the block input (CLS = 0)
+//              mask    int32    [B, K+1]  1 = slot holds a token, 0 = padding
+//   No bool or uint8 tensor crosses the plugin boundary: PluginTensorDesc in every TensorRT
+//   header from 10.0 to 11.x says kBOOL and kUINT8 are not supported for plugin I/O.
+//   The sampling step is float32 only (the picks are held to the float32 reference):
+//   supportsFormatCombination offers kFLOAT alone for scores/k_like, never kHALF. In a weakly
+//   typed fp16 build TensorRT may convert around the node; in a strongly typed network (always in
+//   TensorRT 11) types follow the graph, so the ONNX graph itself must feed float32 here.
+//   N is limited by the kernel's shared memory (ats::sample_max_tokens()); configurePlugin
+//   refuses a profile whose max N exceeds it, so the engine build fails, not enqueue.
 //   ATSGather  version "1", namespace "tscli"
-//     inputs   x       float32 | float16  [B, T, D]
+//     inputs   x       float32 | float16  [B, T, D]   (copying values: fp16 loses nothing)
 //              index   int32              [B, S]
 //     output   y       same type as x     [B, S, D]   y[b, s] = x[b, index[b, s]]
 //
@@ -19,8 +27,8 @@
 // registration: loadLibrary fails when a creator is already registered. Callers that dlopen the
 // library themselves (ctypes) call tscli_register_plugins() once instead.
 //
-// This file cannot be compiled on the development machines (no TensorRT headers); it is built by
-// CMakeLists.txt where NvInfer.h exists.
+// Built by CMakeLists.txt where TensorRT >= 10 headers exist. Without the TensorRT library it can
+// still be compile-checked against header sets: python -m tscli.plugins.trt_header_check DIR...
 #include <NvInferRuntime.h>
 
 #include <cstring>
@@ -121,11 +129,27 @@ class SamplePlugin final : public PluginBase {
 
   int32_t getNbOutputs() const noexcept override { return 2; }
 
+  // Called by the builder for each profile with its min/opt/max shapes: the place to refuse an N
+  // the kernel cannot take, so the engine build fails with the reason instead of a later
+  // onShapeChange / enqueue.
   int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/,
                           int32_t nbOutputs) noexcept override {
-    if (nbInputs != 3 || nbOutputs != 2) return -1;
+    if (nbInputs != 3 || nbOutputs != 2) {
+      log_error("ATSSample expects 3 inputs and 2 outputs, got " + std::to_string(nbInputs) + " and " +
+                std::to_string(nbOutputs));
+      return -1;
+    }
     if (in[0].desc.dims.nbDims != 2 || in[1].desc.dims.nbDims != 2 || in[2].desc.dims.nbDims != 1) {
       log_error("ATSSample expects scores [B, N], valid [B, N], k_like [K]");
+      return -1;
+    }
+    // max holds the profile's kMAX shape; an unknown (negative) value is left to onShapeChange.
+    int64_t const max_n = in[0].max.nbDims == 2 ? in[0].max.d[1] : in[0].desc.dims.d[1];
+    int64_t const limit = ats::sample_max_tokens();
+    if (max_n > limit) {
+      log_error("ATSSample: the profile's max token count N = " + std::to_string(max_n) +
+                " exceeds the sampling kernel's limit of " + std::to_string(limit) +
+                " tokens (48 KiB of shared memory per image)");
       return -1;
     }
     return 0;
@@ -135,7 +159,7 @@ class SamplePlugin final : public PluginBase {
                              int32_t nbInputs) const noexcept override {
     if (nbInputs != 3 || nbOutputs != 2) return -1;
     outputTypes[0] = DataType::kINT32;
-    outputTypes[1] = DataType::kBOOL;
+    outputTypes[1] = DataType::kINT32;
     return 0;
   }
 
@@ -161,18 +185,17 @@ class SamplePlugin final : public PluginBase {
     PluginTensorDesc const& d = inOut[pos].desc;
     if (d.format != TensorFormat::kLINEAR) return false;
     switch (pos) {
-      case 0: return is_float_like(d.type);
-      case 1: return d.type == DataType::kBOOL;
-      case 2: return is_float_like(d.type);
-      case 3: return d.type == DataType::kINT32;
-      default: return d.type == DataType::kBOOL;
+      case 0: return d.type == DataType::kFLOAT;  // scores: fp32 even in an fp16 engine
+      case 1: return d.type == DataType::kINT32;  // valid
+      case 2: return d.type == DataType::kFLOAT;  // k_like
+      default: return d.type == DataType::kINT32;  // index, mask
     }
   }
 
   int32_t onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* /*out*/,
                         int32_t nbOutputs) noexcept override {
     if (nbInputs != 3 || nbOutputs != 2) return -1;
-    if (in[0].dims.d[1] > ats::sample_max_tokens()) {
+    if (in[0].dims.d[1] > ats::sample_max_tokens()) {  // configurePlugin already refused such a profile
       log_error("ATSSample: N = " + std::to_string(in[0].dims.d[1]) + " exceeds the kernel's limit of " +
                 std::to_string(ats::sample_max_tokens()) + " tokens");
       return -1;
@@ -186,9 +209,10 @@ class SamplePlugin final : public PluginBase {
     int const batch = static_cast<int>(inputDesc[0].dims.d[0]);
     int const n = static_cast<int>(inputDesc[0].dims.d[1]);
     int const k = static_cast<int>(inputDesc[2].dims.d[0]);
+    // supportsFormatCombination admits only kFLOAT scores and kINT32 valid/index/mask.
     cudaError_t const status = ats::launch_ats_sample(
-        inputs[0], elem_type(inputDesc[0].type), static_cast<uint8_t const*>(inputs[1]), batch, n, k, mScheme,
-        static_cast<int32_t*>(outputs[0]), static_cast<uint8_t*>(outputs[1]), nullptr, stream);
+        inputs[0], ats::ElemType::kFloat32, static_cast<int32_t const*>(inputs[1]), batch, n, k, mScheme,
+        static_cast<int32_t*>(outputs[0]), static_cast<int32_t*>(outputs[1]), nullptr, stream);
     if (status != cudaSuccess) {
       log_error(std::string("ATSSample launch failed: ") + cudaGetErrorString(status));
       return -1;

@@ -22,8 +22,8 @@ __host__ __device__ inline size_t shared_floats(int n, int k) {
 
 template <typename T>
 __global__ void __launch_bounds__(kSampleThreads)
-    ats_sample_kernel(const T* __restrict__ scores, const uint8_t* __restrict__ valid, int n, int k, int scheme,
-                      int32_t* __restrict__ index, uint8_t* __restrict__ mask, float* __restrict__ margin) {
+    ats_sample_kernel(const T* __restrict__ scores, const int32_t* __restrict__ valid, int n, int k, int scheme,
+                      int32_t* __restrict__ index, int32_t* __restrict__ mask, float* __restrict__ margin) {
   extern __shared__ float smem[];
   const int tid = threadIdx.x;
   const int nt = blockDim.x;
@@ -32,7 +32,8 @@ __global__ void __launch_bounds__(kSampleThreads)
   float* reduce = smem + ats_scratch_floats(n, k);
   uint8_t* valid_s = reinterpret_cast<uint8_t*>(smem + shared_floats(n, k));
 
-  // Stage the row once: every stage below re-reads it O(N) times per token.
+  // Stage the row once: every stage below re-reads it O(N) times per token. The core reads
+  // valid as 0/1 bytes; any nonzero int32 counts as valid.
   for (int j = tid; j < n; j += nt) {
     w.s[j] = to_float(scores[row * n + j]);
     valid_s[j] = valid[row * n + j] != 0;
@@ -65,7 +66,17 @@ __global__ void __launch_bounds__(kSampleThreads)
   }
   if (tid == 0) {
     const size_t slots = static_cast<size_t>(k) + 1;
-    stage_slots(w.keep, n, k, index + row * slots, mask + row * slots);
+    int32_t* mask_row = mask + row * slots;
+    // The core writes the mask as k + 1 bytes. Let it write them into the front of this row's
+    // int32 mask, then widen in place from the last slot down: int32 slot s covers bytes
+    // 4s..4s+3, which for s >= 1 all lie above byte s (already widened), and byte 0 is read
+    // before slot 0 is written. One thread, O(k): negligible next to the O(n^2) stage_order.
+    uint8_t* mask_bytes = reinterpret_cast<uint8_t*>(mask_row);
+    stage_slots(w.keep, n, k, index + row * slots, mask_bytes);
+    for (int s = k; s >= 0; --s) {
+      const int32_t flag = mask_bytes[s];
+      mask_row[s] = flag;
+    }
     if (margin != nullptr) margin[row] = reduce[0];
   }
 }
@@ -95,8 +106,8 @@ int sample_max_tokens() {
   return static_cast<int>((kDefaultSharedLimit - fixed) / (kFloatsPerToken * sizeof(float) + 1));
 }
 
-cudaError_t launch_ats_sample(const void* scores, ElemType score_type, const uint8_t* valid, int batch, int n,
-                              int k, int scheme, int32_t* index, uint8_t* mask, float* margin,
+cudaError_t launch_ats_sample(const void* scores, ElemType score_type, const int32_t* valid, int batch, int n,
+                              int k, int scheme, int32_t* index, int32_t* mask, float* margin,
                               cudaStream_t stream) {
   if (batch < 0 || n < 0 || k < 1 || n > sample_max_tokens() || !is_valid_scheme(scheme)) {
     return cudaErrorInvalidValue;

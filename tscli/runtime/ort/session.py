@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ModelFileError, UsageError, first_line, require
+from ...plugins.ort_ops import check_library_abi
 from ..backend import BackendBase
 
 
@@ -50,6 +51,7 @@ class OrtBackend(BackendBase):
                 what = "is a folder" if library.is_dir() else "does not exist"
                 raise UsageError(f"--plugins {str(library)!r} {what}; give the library file that "
                                  "`python -m tscli.plugins.ort_ops` prints")
+            check_library_abi(library)
             try:
                 opts.register_custom_ops_library(str(library))
             except Exception as exc:

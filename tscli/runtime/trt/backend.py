@@ -107,6 +107,12 @@ class TrtBackend(BackendBase):
             raise ModelFileError(f"{self.path.name} has {self.engine.num_optimization_profiles} profiles, its manifest "
                                  f"{len(self.profiles)}; rebuild with `tscli build`")
         self.context = self.engine.create_execution_context()
+        verbosity = getattr(trt, "ProfilingVerbosity", None)
+        if verbosity is not None and hasattr(self.context, "nvtx_verbosity"):
+            # Plugin-form engines are built with DETAILED layer information (so `tscli build` can
+            # ask the engine inspector for plugin layers); NVTX markers at that level cost enqueue
+            # time, so the context drops back to the default level.
+            self.context.nvtx_verbosity = verbosity.LAYER_NAMES_ONLY
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = [n for n in names if is_input[n]]
