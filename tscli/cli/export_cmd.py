@@ -67,7 +67,7 @@ def print_parity(report) -> None:
               title=f"parity: {report.backend} ({report.provider}) vs PyTorch, tol {report.tolerance:.0e}")
     for r in report.rows:
         checked = r.images - r.near_ties
-        t.add_row(str(r.k), r.execution, str(r.images), f"{r.max_abs_diff:.1e}", f"{r.min_cosine:.6f}",
+        t.add_row(str(r.k) if r.rate is None else f"rate {r.rate:g}", r.execution, str(r.images), f"{r.max_abs_diff:.1e}", f"{r.min_cosine:.6f}",
                   f"{r.top1_agree}/{checked}", f"{r.counts_agree}/{r.images}", f"{r.sets_agree}/{checked}",
                   str(r.near_ties), yes_no(r.ok))
     out.print(t)

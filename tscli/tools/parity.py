@@ -38,6 +38,11 @@ class ParityRow:
     sets_agree: int
     near_ties: int
     ok: bool
+    rate: float | None = None  # DynamicViT / EViT files: the keep rate checked (k is None then)
+
+    @property
+    def setting(self) -> str:
+        return f"rate={self.rate:g}" if self.rate is not None else f"K={self.k}"
 
 
 @dataclass
@@ -56,7 +61,7 @@ class ParityReport:
                 "near_tie_margin": NEAR_TIE, "rows": [asdict(r) for r in self.rows]}
 
     def describe_failure(self, r: ParityRow) -> str:
-        return (f"parity failed at K={r.k} ({r.execution}): max|logit diff| {r.max_abs_diff:.2e} (tol {self.tolerance:.0e}), "
+        return (f"parity failed at {r.setting} ({r.execution}): max|logit diff| {r.max_abs_diff:.2e} (tol {self.tolerance:.0e}), "
                 f"kept sets equal {r.sets_agree}/{r.images - r.near_ties}, counts equal {r.counts_agree}/{r.images}")
 
     def raise_if_failed(self) -> None:
