@@ -194,8 +194,9 @@ def rate_caveat(meta: dict, rate: float) -> str | None:
     """DynamicViT's predictors are trained for one rate: a note when another one is used."""
     trained = meta.get("rate")
     if meta.get("family") == FAMILY_DYNAMICVIT and trained is not None and float(rate) != float(trained):
-        return (f"note: {meta.get('model')}'s predictors were trained for rate {float(trained):g}; at rate "
-                f"{float(rate):g} the kept counts follow the rule, but accuracy is not what the paper reports")
+        return (f"note: DynamicViT trains its predictors for one rate, and {meta.get('model')}'s is {float(trained):g}; "
+                f"at rate {float(rate):g} the kept counts follow int(N * rate^s), but accuracy may fall short of a "
+                f"model trained for {float(rate):g}")
     return None
 
 

@@ -31,6 +31,9 @@ Plugins = Annotated[Optional[Path], typer.Option(
 Checkpoint = Annotated[Optional[Path], typer.Option(
     "--checkpoint", help="The checkpoint the file was exported from (to rebuild the PyTorch model).")]
 Backend = Annotated[str, typer.Option("--backend", help="ort | trt (FILE is an engine) | ort-cuda | ort-trt.")]
+RateList = Annotated[Optional[List[str]], typer.Option(
+    "--rate", help="DynamicViT / EViT keep rates (0 < rate <= the file's max_rate), repeat or comma list. "
+                   "Default: the file's rate (and 0.5 for parity).")]
 
 
 def status(message: str):
@@ -80,6 +83,20 @@ def parse_floats(values: Optional[List[str]], option: str) -> list[float] | None
         return [float(p) for p in _parts(values)] or None
     except ValueError:
         raise UsageError(f"bad {option} {values!r}; give numbers like {option} 0.985 {option} 1.0 or {option} 0.9,1.0") from None
+
+
+def parse_rate(value: str | None, option: str = "--rate") -> float | None:
+    """One --rate as a float (range checks belong to the file: contract.check_rate)."""
+    rates = parse_floats([value], option) if value is not None else None
+    if rates is not None and len(rates) != 1:
+        raise UsageError(f"bad {option} {value!r}; give one number like {option} 0.7")
+    return rates[0] if rates else None
+
+
+def print_caveat(runner) -> None:
+    """DynamicViT at a rate its predictors were not trained for: say so on stderr."""
+    if getattr(runner, "caveat", None):
+        err.print(runner.caveat, markup=False, highlight=False, soft_wrap=True)
 
 
 def parse_ints(text: str, option: str) -> list[int]:

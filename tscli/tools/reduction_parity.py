@@ -8,6 +8,7 @@ last kept and the first dropped score) is reported as a near-tie, as for ATS.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -69,13 +70,17 @@ def validate_export(path: str, built: BuiltModel, meta: dict, batch: int = 2, se
 
 
 def parity_for_file(path: Path, checkpoint: Path | None, images: Path | None, n: int, rates: list[float] | None,
-                    threads: int | None, backend: str = "ort", probe=None) -> ParityReport:
+                    threads: int | None, backend: str = "ort", probe=None,
+                    on_runner: Callable[[object], None] = lambda runner: None) -> ParityReport:
     """``tscli parity`` for a DynamicViT / EViT file: real images (or scikit-image samples) plus 2
-    random inputs, at ``rates`` (default: default_rates). Every rate is checked before the slow part."""
+    random inputs, at ``rates`` (default: default_rates). Every rate is checked (its runner opened
+    and passed to ``on_runner``, e.g. to print a caveat) before the slow part."""
     if probe is None:
         probe = load(path, backend=backend, threads=threads)
     rates = rates or default_rates(probe.meta)
     runners = {rate: load(path, backend=backend, threads=threads, rate=rate) for rate in rates}
+    for runner in runners.values():
+        on_runner(runner)
     built = build_from_metadata(probe.meta, str(checkpoint) if checkpoint else None)
     x = parity_inputs(probe.meta, images, n)
     return run_rates(runners.__getitem__, built, x, rates)
