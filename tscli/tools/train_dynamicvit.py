@@ -68,6 +68,19 @@ def train_dynamicvit_digits(output: str | Path, teacher: str | Path | None = Non
     if output.suffix != ".safetensors":
         raise UsageError(f"--output {str(output)!r} must end in .safetensors (the format written)")
     import torch
+
+    # One thread: the digits tensors are tiny, and on a busy 2-core machine two OpenMP threads
+    # spin-waited an epoch from 34 s to 488 s (measured back to back; the release trains on GPUs).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(output, teacher, epochs, seed, batch, lr, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(output: Path, teacher, epochs: int, seed: int, batch: int, lr: float, progress) -> DynamicViTTrainResult:
+    import torch
     import torch.nn.functional as F
     from safetensors.torch import save_file
 
