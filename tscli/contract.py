@@ -118,6 +118,88 @@ def check_xi(xi) -> float:
     return value
 
 
+# -- token reduction (DynamicViT, EViT): a keep rate chosen at load time ------------------------
+# One input per reduction stage whose LENGTH is the number of patch tokens that stage keeps
+# (float32 [K_s], values ignored, like k_select); its dim K_s is bounded by the count at the
+# export's max_rate. The runner derives the counts from the rate with the method's own rule.
+FAMILY_DYNAMICVIT = "dynamicvit"
+FAMILY_EVIT = "evit"
+REDUCTION_FAMILIES = (FAMILY_DYNAMICVIT, FAMILY_EVIT)
+REDUCTION_META_KEYS = ("rate", "max_rate", "num_patches")  # rate: the default (DynamicViT: trained) rate
+
+
+def keep_input(stage: int) -> str:
+    return f"keep_{stage}"
+
+
+def keep_dim(stage: int) -> str:
+    return f"K{stage}"  # K0, K1, ...: the lint accepts dims made of K, digits and arithmetic
+
+
+def fused_position(num_patches: int, stage: int) -> int:
+    """kept_positions id of the token EViT fuses at ``stage`` (past every original position)."""
+    return num_patches + 1 + stage
+
+
+def is_reduction(meta: dict) -> bool:
+    return meta.get("family") in REDUCTION_FAMILIES
+
+
+def keep_counts(family: str, rate: float, num_patches: int, stages: int) -> list[int]:
+    """Patch tokens kept per stage at ``rate``, by each release's own rounding (same float ops):
+    DynamicViT keeps int(N * rate**s) of the ORIGINAL N at stage s = 1, 2, ...; EViT keeps
+    ceil(rate * (n - 1)) of the n tokens entering the stage (CLS and the previous fused token
+    included), then adds one fused token."""
+    counts, n = [], num_patches + 1
+    for s in range(stages):
+        if family == FAMILY_DYNAMICVIT:
+            counts.append(int(num_patches * rate ** (s + 1)))
+        elif family == FAMILY_EVIT:
+            counts.append(math.ceil(rate * (n - 1)))
+            n = counts[-1] + 2
+        else:
+            raise ValueError(f"no keep rule for family {family!r}")
+    return counts
+
+
+def check_rate(rate, meta: dict) -> tuple[float, list[int]]:
+    """A load-time keep rate -> (rate, kept counts per stage), or a UsageError naming the value
+    and the valid range (0 < rate <= the file's max_rate, at least one token kept per stage;
+    EViT: every stage must drop a token, else the release fuses nothing)."""
+    max_rate, family = float(meta["max_rate"]), meta["family"]
+    valid = f"valid: 0 < rate <= {max_rate:g} (max_rate chosen at export)"
+    if isinstance(rate, bool):
+        raise UsageError(f"rate={rate!r} is not a number; {valid}")
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        raise UsageError(f"rate={rate!r} is not a number; {valid}") from None
+    if math.isnan(value) or not 0.0 < value <= max_rate:
+        raise UsageError(f"rate={rate!r} is out of range for this file; {valid}")
+    counts = keep_counts(family, value, int(meta["num_patches"]), len(meta["stages"]))
+    if min(counts) < 1:
+        raise UsageError(f"rate={rate!r} keeps no token at stage {counts.index(min(counts))} "
+                         f"(counts {counts}); {valid}, keeping at least one token per stage")
+    if family == FAMILY_EVIT:
+        n = int(meta["num_patches"])
+        for s, k in enumerate(counts):
+            if k >= n:
+                raise UsageError(f"rate={rate!r} drops no token at EViT stage {s} ({k} of {n} kept), where "
+                                 f"the release would fuse nothing; give a smaller rate")
+            n = k + 1
+    return value, counts
+
+
+def rate_caveat(meta: dict, rate: float) -> str | None:
+    """DynamicViT's predictors are trained for one rate: a note when another one is used."""
+    trained = meta.get("rate")
+    if meta.get("family") == FAMILY_DYNAMICVIT and trained is not None and float(rate) != float(trained):
+        return (f"note: DynamicViT trains its predictors for one rate, and {meta.get('model')}'s is {float(trained):g}; "
+                f"at rate {float(rate):g} the kept counts follow int(N * rate^s), but accuracy may fall short of a "
+                f"model trained for {float(rate):g}")
+    return None
+
+
 # -- weights: where a file's weights came from (metadata "weights") ----------------------------
 
 

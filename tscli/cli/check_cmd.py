@@ -10,20 +10,8 @@ import typer
 
 from .. import contract as C
 from ..errors import UsageError
-from .common import (
-    Backend,
-    Checkpoint,
-    JsonFlag,
-    KList,
-    Plugins,
-    Threads,
-    out,
-    parse_floats,
-    parse_k_list,
-    print_json,
-    status,
-    table,
-)
+from .common import (Backend, Checkpoint, JsonFlag, KList, Plugins, RateList, Threads, out, parse_floats,
+                     parse_k_list, print_caveat, print_json, status, table)
 from .export_cmd import print_parity
 
 
@@ -39,13 +27,27 @@ def parity(
     xi: Optional[List[str]] = typer.Option(None, "--xi", help="DoViT thresholds to check (repeat or comma list). "
                                            "Default: the export value, 1.0 and the median first-decision confidence."),
     plugins: Plugins = None,
+    rate: RateList = None,
 ):
     """Compare ONNX Runtime with the PyTorch model the file was exported from."""
     from ..runtime import load
     from ..tools.parity import parity_for_file
+    from ..tools.reduction_parity import parity_for_file as reduction_parity_for_file
     from ..tools.seg_parity import seg_parity_for_file
 
     probe = load(file, backend=backend, threads=threads, plugins=plugins)
+    if C.is_reduction(probe.meta):
+        if k or plugins or xi:
+            raise UsageError("--k/--plugins/--xi do not apply to DynamicViT / EViT files (use --rate)")
+        with status("running parity"):
+            report = reduction_parity_for_file(file, checkpoint, images, n, parse_floats(rate, "--rate"), threads,
+                                               backend, probe, on_runner=print_caveat)
+        print_json(report.to_dict()) if as_json else print_parity(report)
+        if not report.ok:
+            raise typer.Exit(1)
+        return
+    if rate:
+        raise UsageError("--rate applies to DynamicViT / EViT files")
     seg = C.is_segmentation(probe.meta)
     if seg and (k or plugins):
         raise UsageError("--k/--plugins apply to ATS files; this is a segmentation file (use --xi)")

@@ -33,6 +33,9 @@ Checkpoint = Annotated[Optional[Path], typer.Option(
     "--checkpoint", help="The checkpoint the file was exported from (to rebuild the PyTorch model).")]
 Backend = Annotated[str, typer.Option("--backend", help="ort | trt (FILE is an engine) | ort-cuda | ort-trt.")]
 Batch = Annotated[int, typer.Option("--batch", help="Images per inference (memory stays bounded whatever the number of images).")]
+RateList = Annotated[Optional[List[str]], typer.Option(
+    "--rate", help="DynamicViT / EViT keep rates (0 < rate <= the file's max_rate), repeat or comma list. "
+                   "Default: the file's rate (and 0.5 for parity).")]
 
 
 def status(message: str):
@@ -41,9 +44,10 @@ def status(message: str):
 
 
 def progress_bar(items: list, description: str, size: int):
-    """Yield ``items`` in chunks of ``size`` with a progress bar on stderr (gone when done)."""
+    """Yield ``items`` in chunks of ``size`` with a progress bar on stderr (gone when done; none
+    when stderr is not a terminal, where a bar would only leave blank lines in logs)."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(description, total=len(items))
         for lo in range(0, len(items), size):
             chunk = items[lo:lo + size]
@@ -99,6 +103,20 @@ def parse_floats(values: Optional[List[str]], option: str) -> list[float] | None
         return [float(p) for p in _parts(values)] or None
     except ValueError:
         raise UsageError(f"bad {option} {values!r}; give numbers like {option} 0.985 {option} 1.0 or {option} 0.9,1.0") from None
+
+
+def parse_rate(value: str | None, option: str = "--rate") -> float | None:
+    """One --rate as a float (range checks belong to the file: contract.check_rate)."""
+    rates = parse_floats([value], option) if value is not None else None
+    if rates is not None and len(rates) != 1:
+        raise UsageError(f"bad {option} {value!r}; give one number like {option} 0.7")
+    return rates[0] if rates else None
+
+
+def print_caveat(runner) -> None:
+    """DynamicViT at a rate its predictors were not trained for: say so on stderr."""
+    if getattr(runner, "caveat", None):
+        err.print(runner.caveat, markup=False, highlight=False, soft_wrap=True)
 
 
 def parse_ints(text: str, option: str) -> list[int]:

@@ -11,7 +11,7 @@ from ..errors import UsageError
 from .common import out, status, table
 
 
-def list_cmd(family: Optional[str] = typer.Option(None, help="Only this family (ats, dense, dovit, seg).")):
+def list_cmd(family: Optional[str] = typer.Option(None, help="Only this family (ats, dense, dovit, seg, dynamicvit, evit).")):
     """List the registered model variants."""
     from ..tools.catalog import model_rows
 
@@ -36,15 +36,34 @@ def digits_cmd(
 
 def train_digits_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write (.safetensors)."),
-    epochs: int = typer.Option(12, "--epochs", help="Training epochs (12: ~20 s on 2 CPU cores)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default 12 for ats: ~20 s on 2 CPU cores; 8 for dynamicvit)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the init and the batches."),
+    method: str = typer.Option("ats", "--method", help="ats (the digits ViT, ATS in the loop) | dynamicvit (its predictors, distilled from the dense model)."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="dynamicvit: the digits checkpoint to distil from (default: trained first)."),
 ):
     """Train the small digits ViT on the CPU; export it with `tscli export digits_ats --checkpoint FILE`."""
     from ..tools.train_digits import train_digits
 
-    if epochs < 1:
+    if method not in ("ats", "dynamicvit"):
+        raise UsageError(f"unknown --method {method!r}; valid: ats, dynamicvit")
+    if epochs is not None and epochs < 1:
         raise UsageError(f"--epochs {epochs} is invalid; give at least 1")
+    if method == "dynamicvit":
+        return _train_dynamicvit(output, epochs or 8, seed, teacher)
+    if teacher is not None:
+        raise UsageError("--teacher applies to --method dynamicvit")
+    epochs = epochs or 12
     with status("training") as spinner:
         r = train_digits(output, epochs=epochs, seed=seed, progress=lambda msg: spinner.update(msg))
     out.print(f"wrote {r.path}: {r.epochs} epochs in {r.seconds:.0f} s, train top-1 {r.train_accuracy:.3f}, "
               f"val top-1 {r.val_accuracy:.3f} at K=max_k, {r.val_accuracy_k8:.3f} at K=8 (digits_ats, held-out split)")
+
+
+def _train_dynamicvit(output: Path, epochs: int, seed: int, teacher: Optional[Path]) -> None:
+    from ..tools.train_dynamicvit import train_dynamicvit_digits
+
+    with status("training") as spinner:
+        r = train_dynamicvit_digits(output, teacher, epochs=epochs, seed=seed, progress=lambda msg: spinner.update(msg))
+    out.print(f"wrote {r.path}: digits_dynamicvit, {r.epochs} epochs in {r.seconds:.0f} s; held-out top-1: dense teacher "
+              f"{r.val_dense:.3f}, DynamicViT at rate {r.rate:g} (kept {' '.join(map(str, r.counts))}) {r.val_dynamicvit:.3f} "
+              f"(untrained predictors: {r.val_untrained:.3f}); export with `tscli export digits_dynamicvit --checkpoint {r.path}`")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import UsageError
-from .common import optional_str, out, status, table, yes_no
+from .common import optional_str, out, parse_rate, status, table, yes_no
 
 
 def export(
@@ -27,17 +27,21 @@ def export(
     input_size: Optional[str] = typer.Option(None, "--input-size", help="Segmentation input HxW, multiples of the patch, e.g. 512x1024."),
     xi: Optional[float] = typer.Option(None, "--xi", help="DoViT default threshold (0..1; a token with confidence > xi stops); changeable at load."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of images for the post-export check (default: scikit-image's sample photos)."),
+    rate: Optional[str] = typer.Option(None, "--rate", help="DynamicViT / EViT default keep rate (default 0.7, the released one); changeable at load."),
+    max_rate: Optional[str] = typer.Option(None, "--max-rate", help="DynamicViT / EViT: largest rate the file accepts at load (default 1); bounds every kept count."),
 ):
     """Export a model to one ONNX file (dynamic batch, K chosen at load time), then check it."""
-    from ..tools.catalog import is_segmentation_model
-    from ..tools.checked_export import (
-        ExportOptions,
-        SegExportOptions,
-        export_onnx,
-        export_seg,
-    )
+    from ..tools.catalog import is_reduction_model, is_segmentation_model
+    from ..tools.checked_export import ExportOptions, SegExportOptions, export_onnx, export_seg
 
-    if is_segmentation_model(model):
+    if (rate is not None or max_rate is not None) and not is_reduction_model(model):
+        raise UsageError(f"--rate/--max-rate apply to DynamicViT / EViT models; {model!r} is not one")
+    if is_reduction_model(model):
+        if max_k is not None or stages is not None or sampling != "paper" or form != "plain" or mode != "padded" \
+                or max_keep is not None or input_size is not None or xi is not None:
+            raise UsageError(f"{model!r} is a DynamicViT / EViT model: of the model options only --rate/--max-rate apply")
+        result = _export_reduction(model, rate, max_rate, output, checkpoint, opset, seed, no_validate)
+    elif is_segmentation_model(model):
         if max_k is not None or stages is not None or sampling != "paper" or form != "plain" or mode != "padded":
             raise UsageError(f"--max-k/--stages/--sampling/--form/--mode apply to ATS models; {model!r} is a segmentation model "
                              "(use --max-keep/--input-size/--xi)")
@@ -65,6 +69,20 @@ def export(
         print_parity(result.validation)
 
 
+def _export_reduction(model, rate, max_rate, output, checkpoint, opset, seed, no_validate):
+    from ..tools.checked_export import ReductionExportOptions, export_reduction
+
+    rate_value, max_value = parse_rate(rate), parse_rate(max_rate, "--max-rate")
+    opts = ReductionExportOptions(model, rate_value, 1.0 if max_value is None else max_value, optional_str(output),
+                                  optional_str(checkpoint), opset, seed, not no_validate)
+    with status("exporting") as spinner:
+        result = export_reduction(opts, progress=lambda msg: spinner.update(msg))
+    meta = result.metadata
+    out.print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {meta['model']} ({meta['family']}), "
+              f"rate={meta['rate']:g} (load-time, up to max_rate={meta['max_rate']:g}), stages={meta['stages']}")
+    return result
+
+
 def print_parity(report) -> None:
     """An ATS or a segmentation parity report as a table (export and `tscli parity` print it),
     then the tie band it used and every image whose kept tokens differ."""
@@ -84,7 +102,8 @@ def _print_ats_parity(report) -> None:
               title=f"parity: {report.backend} ({report.provider}) vs PyTorch, tol {report.tolerance:.0e}")
     for r in report.rows:
         checked = r.images - r.near_ties
-        t.add_row(str(r.k), r.execution, str(r.images), f"{r.max_abs_diff:.1e}", f"{r.min_cosine:.6f}",
+        setting = str(r.k) if r.rate is None else f"rate {r.rate:g}"
+        t.add_row(setting, r.execution, str(r.images), f"{r.max_abs_diff:.1e}", f"{r.min_cosine:.6f}",
                   f"{r.top1_agree}/{checked}", f"{r.counts_agree}/{r.images}", f"{r.sets_agree}/{checked}",
                   str(r.near_ties), yes_no(r.ok))
     out.print(t)

@@ -9,19 +9,8 @@ import typer
 
 from .. import contract as C
 from ..errors import UsageError
-from .common import (
-    Backend,
-    Batch,
-    JsonFlag,
-    Plugins,
-    Threads,
-    out,
-    parse_k_value,
-    positive,
-    print_json,
-    progress_bar,
-    table,
-)
+from .common import (Backend, Batch, JsonFlag, Plugins, Threads, out, parse_k_value, parse_rate, positive, print_caveat,
+                     print_json, progress_bar, table)
 
 
 def run(
@@ -37,6 +26,7 @@ def run(
     out_dir: Path = typer.Option(Path("seg_out"), "--out-dir", help="Segmentation: where class maps and overlays go."),
     plugins: Plugins = None,
     batch: Batch = 8,
+    rate: Optional[str] = typer.Option(None, "--rate", help="DynamicViT / EViT keep rate (0 < rate <= max_rate). Default: the file's."),
 ):
     """Run images through an exported model: predictions and kept tokens per stage."""
     from ..runtime import load
@@ -47,16 +37,20 @@ def run(
     files: list[Path] = []
     for item in images:
         files.extend(images_in(item) if item.is_dir() else [item])
-    runner = load(file, k=parse_k_value(k), backend=backend, threads=threads, xi=xi, profiles=profiles, plugins=plugins)
+    runner = load(file, k=parse_k_value(k), backend=backend, threads=threads, xi=xi, profiles=profiles, plugins=plugins,
+                  rate=parse_rate(rate))
+    print_caveat(runner)
     if C.is_segmentation(runner.meta):
         return _run_seg(runner, files, out_dir, as_json)
     preds = []
     for chunk in progress_bar(files, "images", batch):
         preds += runner.predict([str(f) for f in chunk], topk=topk)
     if as_json:
-        return print_json({"k": runner.k, "provider": runner.provider, "predictions": [p.__dict__ for p in preds]})
-    t = table("image", "label", "prob", f"top-{topk}", "kept per stage (K'+1)",
-              title=f"{runner.meta['model']}  K={runner.k}  provider={runner.provider}")
+        return print_json({"k": runner.k, "rate": runner.rate, "provider": runner.provider,
+                           "predictions": [p.__dict__ for p in preds]})
+    setting = f"rate={runner.rate:g}" if runner.rate is not None else f"K={runner.k}"
+    t = table("image", "label", "prob", f"top-{topk}", "kept per stage (K'+1)" if runner.rate is None else "kept per stage",
+              title=f"{runner.meta['model']}  {setting}  provider={runner.provider}")
     for p in preds:
         t.add_row(Path(p.source).name, p.label, f"{p.score:.3f}", " ".join(label for _, label, _ in p.top5),
                   " ".join(map(str, p.kept_counts)) or "-")

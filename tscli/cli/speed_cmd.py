@@ -9,23 +9,12 @@ import typer
 
 from .. import contract as C
 from ..errors import ModelFileError, UsageError
-from .common import (
-    Checkpoint,
-    JsonFlag,
-    Plugins,
-    Threads,
-    optional_str,
-    out,
-    parse_floats,
-    parse_ints,
-    print_json,
-    status,
-    table,
-)
+from .common import (Checkpoint, JsonFlag, Plugins, RateList, Threads, err, optional_str, out, parse_floats, parse_ints,
+                     print_json, status, table)
 
 
 def bench(
-    file: Path = typer.Argument(..., help="Exported ATS or DoViT .onnx file."),
+    file: Path = typer.Argument(..., help="Exported ATS, DoViT, DynamicViT or EViT .onnx file."),
     k: str = typer.Option("", "--k", help="K values, comma list (default: max_k and max_k/2)."),
     batch: str = typer.Option("1,8", "--batch", help="Batch sizes, comma list."),
     backend: str = typer.Option("ort", "--backend", help="Runtime backend: ort."),
@@ -40,6 +29,7 @@ def bench(
     as_json: JsonFlag = False,
     xi: Optional[List[str]] = typer.Option(None, "--xi", help="DoViT files: thresholds to time (default: the export value)."),
     plugins: Plugins = None,
+    rate: RateList = None,
 ):
     """Latency per (K, batch) vs the dense baseline and the ideal bound, interleaved so drift cancels."""
     from ..runtime.ort.session import OrtBackend
@@ -50,6 +40,17 @@ def bench(
     meta = C.decode_metadata(OrtBackend(file, threads=1).metadata_props)
     if "model" not in meta:
         raise ModelFileError(f"{str(file)!r} was not exported by tscli (no tscli.* metadata); export it with `tscli export`")
+    if C.is_reduction(meta):
+        if k or ideal or plugins or xi or backend != "ort":
+            raise UsageError("--k/--ideal/--plugins/--xi/--backend do not apply to DynamicViT / EViT files (use --rate)")
+        rates = [C.check_rate(r, meta)[0] for r in parse_floats(rate, "--rate") or []] or None  # checked first
+        for caveat in dict.fromkeys(C.rate_caveat(meta, r) for r in rates or []):
+            if caveat:
+                err.print(caveat, markup=False, highlight=False, soft_wrap=True)
+        return _bench_reduction(file, rates, parse_ints(batch, "--batch"), threads, runs, warmup,
+                                baseline, not no_dense, optional_str(checkpoint), graphs_dir, as_json)
+    if rate:
+        raise UsageError("--rate applies to DynamicViT / EViT files")
     if C.is_segmentation(meta):
         if k or ideal or no_dense or plugins:
             raise UsageError("--k/--ideal/--no-dense/--plugins apply to ATS files; this is a segmentation file (use --xi)")
@@ -64,6 +65,25 @@ def bench(
                            baseline, ideal, not no_dense, optional_str(checkpoint), graphs_dir,
                            progress=lambda msg: spinner.update(msg), plugins=plugins)
     return print_json(report) if as_json else _print_bench(report)
+
+
+def _bench_reduction(file, rates, batches, threads, runs, warmup, baseline, dense, checkpoint, graphs_dir, as_json):
+    from ..tools.bench_reduction import bench_reduction
+
+    with status("benchmarking") as spinner:
+        report = bench_reduction(file, rates, batches, threads, runs, warmup, baseline, dense, checkpoint, graphs_dir,
+                                 progress=lambda msg: spinner.update(msg))
+    if as_json:
+        return print_json(report)
+    t = table("rate", "kept per stage", "batch", "ms", "p90 ms", "img/s", "GFLOPs", "dense ms", "speed-up",
+              title=f"bench {report['model']} ({report['family']}): ort {report['provider']}, "
+                    f"threads={report['threads'] or 'default'}, median of {report['runs']} interleaved runs")
+    for r in report["rows"]:
+        m, d = r["method"], r["dense"]
+        t.add_row(f"{r['rate']:g}", " ".join(map(str, r["counts"])), str(r["batch"]), f"{m['median_ms']:.2f}",
+                  f"{m['p90_ms']:.2f}", f"{m['images_per_s']:.1f}", f"{m['gflops']:.2f}" + (f" / {d['gflops']:.2f}" if d else ""),
+                  f"{d['median_ms']:.2f}" if d else "-", f"{r['speedup_vs_dense']:.2f}x" if d else "-")
+    out.print(t)
 
 
 def _print_bench(report: dict) -> None:

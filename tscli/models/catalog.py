@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import UsageError
-from . import variants  # noqa: F401  (registers every variant)
+from . import method_variants, variants  # noqa: F401  (register every variant)
 from .registry import REGISTRY, ViTConfig
 
 TEST_PREFIX = "tiny_"  # test variants: seconds to export; the tests parametrise over them

@@ -13,6 +13,8 @@ from .ats import ATSVisionTransformer
 from .catalog import get_config
 from .checkpoints import load_into
 from .dovit import build_segvit
+from .dynamicvit import DynamicViT
+from .evit import EViT
 from .registry import ViTConfig
 
 
@@ -37,6 +39,8 @@ BUILDERS: dict = {
     C.FAMILY_DENSE: lambda cfg: VisionTransformer(**vit_kwargs(cfg)),
     "dovit": build_segvit,
     "seg": build_segvit,
+    C.FAMILY_DYNAMICVIT: lambda cfg: DynamicViT(stages=cfg.stages, **vit_kwargs(cfg)),
+    C.FAMILY_EVIT: lambda cfg: EViT(stages=cfg.stages, **vit_kwargs(cfg)),
 }
 
 

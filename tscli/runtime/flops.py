@@ -113,3 +113,30 @@ def gflops(meta: dict, k: int | None = None, graph: str = "auto") -> float:
         return dense_flops(a) / 1e9
     k = int(meta["max_k"] if k is None else k)
     return (ideal_flops(a, k) if graph == "ideal" else padded_flops(a, k)) / 1e9
+
+
+def reduction_flops(a: Arch, family: str, counts: Sequence[int]) -> int:
+    """DynamicViT / EViT when stage s keeps counts[s] patch tokens (contract.keep_counts).
+
+    DynamicViT: the predictor (in_conv D x D, out_conv D x D/2, D/2 x D/4, D/4 x 2) on the tokens
+    entering the stage, then the whole stage block on the K_s + 1 kept ones. EViT: the stage's
+    qkv, attention and proj on every entering token, the fusing (one weight per token), then the
+    MLP on K_s + 2 tokens (CLS, kept, fused)."""
+    d, hidden = a.embed_dim, int(a.mlp_ratio * a.embed_dim)
+    total, t, out = _ends(a), a.tokens, iter(counts)
+    for i in range(a.depth):
+        if i not in a.stages:
+            total += block_flops(a, t, t)
+            continue
+        k = int(next(out))
+        if family == "dynamicvit":
+            total += 2 * (t - 1) * (d * d + d * (d // 2) + (d // 2) * (d // 4) + (d // 4) * 2)
+            t = k + 1
+            total += block_flops(a, t, t)
+        elif family == "evit":
+            total += 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * (t - 1) * d
+            t = k + 2
+            total += 2 * t * 2 * d * hidden
+        else:
+            raise ValueError(f"no FLOP rule for family {family!r}")
+    return total

@@ -38,7 +38,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 class Runner:
     profile: dict | None = None  # set by load(k="auto"): the device profile K came from
 
-    def __init__(self, backend, k: int | None = None, xi: float | None = None):
+    def __init__(self, backend, k: int | None = None, xi: float | None = None, rate: float | None = None):
         self.backend = backend
         self.meta = C.decode_metadata(backend.metadata_props)
         if "model" not in self.meta or "family" not in self.meta:
@@ -47,6 +47,26 @@ class Runner:
         self.k = self._check_k(k)
         self._k_feed = None if self.k is None else np.zeros(self.k, np.float32)
         self.xi = self._check_xi(xi)
+        self.rate, self.keep_counts = self._check_rate(rate)
+        self._keep_feeds = {C.keep_input(s): np.zeros(c, np.float32) for s, c in enumerate(self.keep_counts or ())}
+
+    def _check_rate(self, rate):
+        """DynamicViT / EViT keep rate chosen at load; None = the file's default. -> (rate, counts)."""
+        if not C.is_reduction(self.meta):
+            if rate is not None:
+                raise UsageError(f"rate={rate} given, but {self.meta['model']} ({self.meta['family']}) has no keep rate to choose")
+            return None, None
+        return C.check_rate(self.meta["rate"] if rate is None else rate, self.meta)
+
+    @property
+    def keep_dims(self) -> dict[str, int]:
+        """The kept-count dims of a DynamicViT / EViT file at this runner's rate (to pin in a session)."""
+        return {C.keep_dim(s): c for s, c in enumerate(self.keep_counts or ())}
+
+    @property
+    def caveat(self) -> str | None:
+        """A note for the user about the chosen rate (DynamicViT: predictors trained for one rate)."""
+        return C.rate_caveat(self.meta, self.rate) if self.rate is not None else None
 
     def _check_meta(self) -> None:
         """The metadata the runner relies on, checked once (a hand-edited or truncated file says so
@@ -111,6 +131,7 @@ class Runner:
             feeds[C.INPUT_K] = self._k_feed
         if self.xi is not None:
             feeds[C.INPUT_XI] = np.asarray(self.xi, np.float32)
+        feeds.update(self._keep_feeds)
         out = self.backend.run(feeds)
         if C.OUTPUT_COUNTS not in out:
             out[C.OUTPUT_COUNTS] = np.zeros((x.shape[0], 0), np.int64)
@@ -157,21 +178,23 @@ def open_backend(path: str | Path, backend: str = "ort", *, k: int | None = None
 
 
 def load(path: str | Path, k: int | str | None = None, backend: str = "ort", threads: int | None = None,
-         xi: float | None = None, profiles: str | Path | None = None, plugins: str | Path | None = None) -> Runner:
+         xi: float | None = None, profiles: str | Path | None = None, plugins: str | Path | None = None,
+         rate: float | None = None) -> Runner:
     """Open an exported model. k=None means max_k; k="auto" takes K from the device profile that
     matches this device (runtime/device_profiles.py; ``profiles`` = the store, default next to the
     model); xi=None means the file's default (DoViT). backend: one of BACKENDS. ``plugins``: with
     ort, tscli's ONNX Runtime op library, so that a plugin-form file runs each sampling step as
     one native op (tscli/plugins/ort_ops.py builds it); with trt, the TensorRT plugin library for
     an engine with plugin layers (default: $TSCLI_PLUGIN_PATH, else the library the engine's
-    manifest records)."""
+    manifest records). rate: DynamicViT / EViT keep rate (None: the file's default), which fixes
+    the kept count of every stage (contract.check_rate)."""
     if isinstance(k, str) and k != "auto":
         raise UsageError(f"K={k!r} is invalid; give an integer or 'auto'")
     if k == "auto" and backend != "ort":
         raise UsageError(f"--k auto is available with the ort backend; with {backend!r} give --k")
     if backend != "ort":
         opened = open_backend(path, backend, k=k, threads=threads, plugins=plugins)
-        return Runner(opened, getattr(opened, "k", k), xi)
+        return Runner(opened, getattr(opened, "k", k), xi, rate)
     # K is fixed for the runner's life, so it is pinned in the session's shapes too (ORT then
     # plans for that K: measured about 2 % faster at batch 1). A K known only from the file
     # (default max_k, or "auto") costs a second session creation (~0.3 s for DeiT-S).
@@ -182,8 +205,10 @@ def load(path: str | Path, k: int | str | None = None, backend: str = "ort", thr
     profile = None
     if k == "auto":
         k, profile = auto_k(path, C.decode_metadata(session.metadata_props), "ort", session.provider, profiles)
-    runner = Runner(session, k, xi)
+    runner = Runner(session, k, xi, rate)
     if runner.k is not None and not given:
         runner.backend = open_backend(path, "ort", threads=threads, fixed_dims={C.DIM_K: runner.k}, plugins=plugins)
+    if runner.keep_counts:  # the counts follow from the rate and the file's metadata: pinned as K is
+        runner.backend = open_backend(path, "ort", threads=threads, fixed_dims=runner.keep_dims, plugins=plugins)
     runner.profile = profile  # the device profile K came from (k="auto"), else None
     return runner

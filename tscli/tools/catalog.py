@@ -11,6 +11,11 @@ def is_segmentation_model(name: str) -> bool:
     return get_config(name).family in C.SEG_FAMILIES
 
 
+def is_reduction_model(name: str) -> bool:
+    """DynamicViT / EViT: exported with a load-time keep rate (export/reduction_export.py)."""
+    return get_config(name).family in C.REDUCTION_FAMILIES
+
+
 def model_rows(family: str | None = None) -> list[dict]:
     """One row per variant (name, family, dim/depth/heads, input/patch, stages, description)."""
     known = families()

@@ -10,14 +10,16 @@ from typing import Callable
 
 from .. import contract as C
 from ..export.ats_export import ExportOptions, ExportResult, export_ats
+from ..export.reduction_export import ReductionExportOptions
+from ..export.reduction_export import export_reduction as _export_reduction
 from ..export.seg_export import SegExportOptions, SegExportResult
 from ..export.seg_export import export_seg as _export_seg
 from ..models.catalog import get_config
 from ..runtime.images import images_in
-from . import parity, seg_parity
+from . import parity, reduction_parity, seg_parity
 
-__all__ = ["ExportOptions", "ExportResult", "SegExportOptions", "SegExportResult", "export_onnx", "export_seg",
-           "export_variant"]
+__all__ = ["ExportOptions", "ExportResult", "ReductionExportOptions", "SegExportOptions", "SegExportResult",
+           "export_onnx", "export_reduction", "export_seg", "export_variant"]
 
 
 def export_onnx(opts: ExportOptions, progress: Callable[[str], None] = lambda msg: None) -> ExportResult:
@@ -43,8 +45,16 @@ def export_seg(opts: SegExportOptions, progress: Callable[[str], None] = lambda 
     return _export_seg(opts, check, progress)
 
 
+def export_reduction(opts: ReductionExportOptions, progress: Callable[[str], None] = lambda msg: None) -> ExportResult:
+    """Export a DynamicViT / EViT model, checked in ONNX Runtime at its default rate and at 0.5."""
+    return _export_reduction(opts, reduction_parity.validate_export, progress)
+
+
 def export_variant(model: str, output: str, progress: Callable[[str], None] = lambda msg: None):
     """Export any registered variant with its family's defaults (checked as above)."""
-    if get_config(model).family in C.SEG_FAMILIES:
+    family = get_config(model).family
+    if family in C.SEG_FAMILIES:
         return export_seg(SegExportOptions(model, output=output), progress)
+    if family in C.REDUCTION_FAMILIES:
+        return export_reduction(ReductionExportOptions(model, output=output), progress)
     return export_onnx(ExportOptions(model, output=output), progress)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import contract as C
 from ..errors import ModelFileError
-from ..runtime.flops import arch_from_meta, dense_flops, padded_flops
+from ..runtime.flops import arch_from_meta, dense_flops, padded_flops, reduction_flops
 from ..runtime.ort.session import OrtBackend
 from ..runtime.segmentation import seg_gflops_table
 
@@ -51,4 +51,7 @@ def gflops_table(meta: dict) -> dict:
     if meta.get("family") == "ats" and max_k and arch.stages:
         for k in sorted({int(max_k), max(1, int(max_k) // 2), max(1, int(max_k) // 4)}, reverse=True):
             table[f"K={k}"] = padded_flops(arch, k) / 1e9
+    if C.is_reduction(meta) and arch.stages:  # DynamicViT / EViT at the file's default rate
+        rate, counts = C.check_rate(meta["rate"], meta)
+        table[f"rate={rate:g}"] = reduction_flops(arch, meta["family"], counts) / 1e9
     return table

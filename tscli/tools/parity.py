@@ -61,6 +61,11 @@ class ParityRow:
     near_ties: int
     ok: bool
     divergences: list[Divergence] = field(default_factory=list)
+    rate: float | None = None  # DynamicViT / EViT files: the keep rate checked (k is None then)
+
+    @property
+    def setting(self) -> str:
+        return f"rate={self.rate:g}" if self.rate is not None else f"K={self.k}"
 
 
 @dataclass
@@ -86,7 +91,7 @@ class ParityReport:
     def describe_failure(self, r: ParityRow) -> str:
         bad = [d for d in r.divergences if not d.near_tie]
         why = f"; {bad[0].describe()}" if bad else ""
-        return (f"parity failed at K={r.k} ({r.execution}): max|logit diff| {r.max_abs_diff:.2e} (tol {self.tolerance:.0e}), "
+        return (f"parity failed at {r.setting} ({r.execution}): max|logit diff| {r.max_abs_diff:.2e} (tol {self.tolerance:.0e}), "
                 f"kept sets equal {r.sets_agree}/{r.images - r.near_ties}, counts equal {r.counts_agree}/{r.images}{why}")
 
     def raise_if_failed(self) -> None:
