@@ -17,7 +17,7 @@ def export(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (default: MODEL.onnx)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="timm/DeiT state_dict (.pth/.bin/.safetensors)."),
     stages: Optional[str] = typer.Option(None, "--stages", help="ATS blocks, e.g. 3-11 (default) or 3,6,9."),
-    sampling: str = typer.Option("paper", "--sampling", help="Sampling points: paper | official."),
+    sampling: Optional[str] = typer.Option(None, "--sampling", help="ATS picking: paper | official | topk (default: the model's; paper for ATS)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
     form: str = typer.Option("plain", "--form", help="plain (standard ops only) | plugin (tscli.ATSSample nodes for the TensorRT plugin)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights when no checkpoint is given."),
@@ -26,14 +26,15 @@ def export(
     max_keep: Optional[int] = typer.Option(None, "--max-keep", help="DoViT capacity C: most tokens kept after a decision layer. Default: all patches."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="Segmentation input HxW, multiples of the patch, e.g. 512x1024."),
     xi: Optional[float] = typer.Option(None, "--xi", help="DoViT default threshold (0..1; a token with confidence > xi stops); changeable at load."),
+    r: Optional[int] = typer.Option(None, "--r", help="ToMe: tokens merged per block (default: the model's; fixed in the file)."),
 ):
     """Export a model to one ONNX file (dynamic batch, K chosen at load time), then check it."""
     from ..tools.checked_export import ExportOptions, SegExportOptions, export_onnx, export_seg
     from ..tools.catalog import is_segmentation_model
 
     if is_segmentation_model(model):
-        if max_k is not None or stages is not None or sampling != "paper" or form != "plain" or mode != "padded":
-            raise UsageError(f"--max-k/--stages/--sampling/--form/--mode apply to ATS models; {model!r} is a segmentation model "
+        if max_k is not None or stages is not None or sampling is not None or form != "plain" or mode != "padded" or r is not None:
+            raise UsageError(f"--max-k/--stages/--sampling/--form/--mode/--r apply to classification models; {model!r} is a segmentation model "
                              "(use --max-keep/--input-size/--xi)")
         opts = SegExportOptions(model, max_keep, input_size, xi, optional_str(output), optional_str(checkpoint), opset,
                                 seed, not no_validate)
@@ -47,12 +48,13 @@ def export(
         if max_keep is not None or input_size is not None or xi is not None:
             raise UsageError(f"--max-keep/--input-size/--xi apply to segmentation models (dovit, seg); {model!r} is not one")
         opts = ExportOptions(model, max_k, optional_str(output), optional_str(checkpoint), stages, sampling, opset, form,
-                             seed, not no_validate, mode)
+                             seed, not no_validate, mode, r)
         with status("exporting") as spinner:
             result = export_onnx(opts, progress=lambda msg: spinner.update(msg))
         meta = result.metadata
+        budget = f"r={meta['r']} (per block {meta['merge_r']})" if "r" in meta else f"max_k={meta['max_k']}"
         out.print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {meta['model']}, "
-                  f"max_k={meta['max_k']}, stages={meta['stages'] or '-'}, scheme={meta['scheme']}, form={meta['form']}")
+                  f"{budget}, stages={meta['stages'] or '-'}, scheme={meta['scheme']}, form={meta['form']}")
     warnings = [f for f in result.lint.findings if f.level == "warning"]
     out.print(f"lint: ok ({len(warnings)} warnings)" + "".join(f"\n  {w}" for w in warnings))
     if result.validation is not None:

@@ -1,6 +1,6 @@
-"""ATS / dense parity: a backend (ONNX Runtime by default) against the PyTorch model a file was
+"""ATS / ToMe / dense parity: a backend (ONNX Runtime by default) against the PyTorch model a file was
 exported from. Used right after export (``validate_export``) and by ``tscli parity``. Per image: max |logit diff|, cosine, top-1
-agreement, per-stage kept counts and kept sets. Kept sets are discrete decisions on floats: when
+agreement, per-stage kept counts and kept sets (ToMe: the groups of merged tokens after every block). Kept sets are discrete decisions on floats: when
 they differ and the PyTorch decision margin of that image is below NEAR_TIE, the image is
 reported as a near-tie (docs/design.md, "Tie bands"), not as a mismatch, and its logits (which
 then legitimately differ) are left out of the logit statistics.
@@ -66,10 +66,15 @@ class ParityReport:
 
 
 def torch_reference(built: BuiltModel, images: np.ndarray, k: int | None, execution: str):
-    """-> (logits [B,C], counts [B,S], positions list per stage [B, *], margins [B])."""
+    """-> (logits [B,C], counts [B,S], positions list per stage [B, *], margins [B]).
+    ToMe: (logits, None, merge slots [B, depth, T], margins)."""
     model = built.module
     x = torch.from_numpy(images)
     with torch.no_grad():
+        if built.config.family == C.FAMILY_TOME:
+            logits, slots, margin = model.forward_with_records(x, with_margin=True)
+            margins = np.full(len(images), np.inf) if margin is None else margin.numpy()
+            return logits.numpy(), None, slots.numpy(), margins
         if built.config.family != "ats":
             return model(x).numpy(), None, None, np.full(len(images), np.inf)
         model.configure(execution=execution, record_margin=True)
@@ -87,6 +92,12 @@ def _kept_sets(positions_per_stage, i: int) -> list[frozenset]:
     return [frozenset(int(p) for p in stage[i] if p >= 0) for stage in positions_per_stage]
 
 
+def _merged_groups(slots: np.ndarray) -> list[frozenset]:
+    """ToMe merge slots [depth, T] of one image -> per block, the groups of original tokens that
+    share a row (row numbers themselves are not compared: only which tokens were merged)."""
+    return [frozenset(frozenset(np.flatnonzero(row == v).tolist()) for v in np.unique(row)) for row in slots]
+
+
 def compare(ref, got: dict, k: int | None, execution: str, tol: float = LOGIT_ATOL) -> ParityRow:
     logits_r, counts_r, pos_r, margins = ref
     logits_g = got["logits"]
@@ -98,6 +109,8 @@ def compare(ref, got: dict, k: int | None, execution: str, tol: float = LOGIT_AT
             pos_g = [got["kept_positions"][i : i + 1, s] for s in range(got["kept_positions"].shape[1])]
             same_sets = _kept_sets(pos_r, i) == _kept_sets(pos_g, 0)
             same_counts = np.array_equal(counts_r[i], got["kept_counts"][i])
+        elif pos_r is not None:  # ToMe: token counts are static, the merged groups are the decisions
+            same_sets = _merged_groups(pos_r[i]) == _merged_groups(got[C.OUTPUT_MERGE_SLOTS][i])
         # An image whose picks differ only where a decision was within NEAR_TIE of a tie is
         # reported apart; every other image must agree on sets, counts and logits.
         if not (same_sets and same_counts) and margins[i] < NEAR_TIE:
@@ -124,8 +137,10 @@ def run_parity(runner_factory, built: BuiltModel, images: np.ndarray, ks: list[i
         if report is None:
             report = ParityReport(runner.backend_name, runner.provider, tol)
         got = runner.infer(images)
-        for execution in executions if built.config.family == "ats" else ("dense",):
-            ref = torch_reference(built, images, k, "padded" if execution == "dense" else execution)
+        family = built.config.family
+        runs = executions if family == "ats" else ("tome" if family == C.FAMILY_TOME else "dense",)
+        for execution in runs:
+            ref = torch_reference(built, images, k, execution if family == "ats" else "padded")
             report.rows.append(compare(ref, got, k, execution, tol))
     return report
 
