@@ -2,9 +2,10 @@
 written from the paper's description (ties included), the model, the exported graph in ONNX
 Runtime, the lint (no scatter at all), and bad --r values.
 
-The comparison with the released implementation (facebookresearch/ToMe, tome.patch.timm) cannot
-run here: it is not on PyPI. It was run by hand on the same timm models; docs/design.md, "ToMe",
-records what was compared and the numbers."""
+The comparison with the released implementation (facebookresearch/ToMe, tome.patch.timm) is not
+a test: the release is not on PyPI (the `tome` package there is unrelated) and its code is not
+copied into this repository. It was run on the same timm models and weights outside the
+repository; docs/design.md, "ToMe", records what was compared and the numbers."""
 
 from __future__ import annotations
 

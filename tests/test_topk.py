@@ -162,3 +162,22 @@ def test_plugin_form_and_bad_scheme_refused(tmp_path):
     with pytest.raises(ValueError, match="no sampling op"):
         build_model(get_config("tiny_topk")).module.configure(use_custom_op=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_and_tune_take_a_topk_file(topk_file, tiny_exports, tmp_path):
+    """Top-K has a load-time budget like ATS, so bench and tune sweep its K unchanged."""
+    from tscli.data.samples import write_samples
+    from tscli.runtime import flops as F
+    from tscli.tools.bench import bench
+    from tscli.tools.tune import tune
+
+    report = bench(topk_file.path, ks=[8], batches=[1], runs=1, warmup=0, baseline=tiny_exports["dense"])
+    (row,) = report["rows"]
+    assert row["k"] == 8 and row["dense"] is not None and row["speedup_vs_dense"] > 0
+    assert row["ats"]["gflops"] == pytest.approx(F.padded_flops(F.arch_from_meta(topk_file.metadata), 8) / 1e9)
+    write_samples(tmp_path / "imgs", 4)
+    result = tune(topk_file.path, tmp_path / "imgs", labels="none", k_grid=[40, 8], runs=1,
+                  output=tmp_path / "profiles.json")
+    assert result["model"] == "tiny_topk" and result["chosen_k"] in (40, 8)
+    assert {r["k"] for r in result["table"]} == {40, 8}
+    assert next(r for r in result["table"] if r["k"] == 40)["accuracy"] == 1.0  # agreement with max_k, itself

@@ -34,7 +34,7 @@ def export(
 
     if is_segmentation_model(model):
         if max_k is not None or stages is not None or sampling is not None or form != "plain" or mode != "padded" or r is not None:
-            raise UsageError(f"--max-k/--stages/--sampling/--form/--mode/--r apply to classification models; {model!r} is a segmentation model "
+            raise UsageError(f"--max-k/--stages/--sampling/--form/--mode apply to ATS models, --r to ToMe models; {model!r} is a segmentation model "
                              "(use --max-keep/--input-size/--xi)")
         opts = SegExportOptions(model, max_keep, input_size, xi, optional_str(output), optional_str(checkpoint), opset,
                                 seed, not no_validate)

@@ -21,7 +21,7 @@ Families plug in through METHODS: what the family is called, the name of its loa
 was fixed at export, as ToMe's r), how a value is read and checked, its default values, and its
 GFLOPs. The rest of compare never looks at a family.
 
-Report (schema ``tscli.compare/1``): {"schema", "model", "weights", "provider", "threads", "runs",
+Report (schema ``tscli.compare/1``): {"schema", "model" (the dense model's name), "weights", "provider", "threads", "runs",
 "warmup", "batches", "data", "images", "quality": "top1" | "agreement", "dense": file,
 "rows": [{"file", "model", "family", "method", "budget": {"name", "value"} | null, "point",
 "gflops", "accuracy" (null without labels), "agreement", "latency": {"<batch>": {"median_ms",
@@ -279,7 +279,7 @@ def compare(files: list[str | Path], budgets: dict[str, list[str] | None] | None
         rows = [_row(e, dense, labels, batches) for e in entries]
     if exported:
         rows[0]["file"] = "exported"  # its temporary file is gone
-    return {"schema": SCHEMA, "model": meta["model"], "weights": meta.get("weights"),
+    return {"schema": SCHEMA, "model": dense.meta["model"], "weights": meta.get("weights"),
             "provider": dense.runner.provider, "threads": threads, "runs": runs, "warmup": warmup, "batches": batches,
             "data": source, "images": int(len(x)), "quality": "top1" if labels is not None else "agreement",
             "dense": "exported" if exported else str(dense_path), "rows": rows}

@@ -71,7 +71,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_xlabel(f"median latency, batch {b} (ms)")
         ax.set_ylabel(quality_label(report))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"{report['model']}: {quality_label(report)} vs latency ({report['images']} images, "
                  f"{report['provider']}, threads={report['threads'] or 'default'})", fontsize=9)
     fig.tight_layout()
