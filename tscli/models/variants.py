@@ -66,25 +66,26 @@ def deit_b_topk() -> ViTConfig:
 # ToMe: r tokens merged in every block (r fixed at export; 13 is ToMe's usual off-the-shelf setting).
 @register
 def tome_deit_t() -> ViTConfig:
-    return _deit("tome_deit_t", "tome", 192, 3, "deit_t", "DeiT-Tiny + ToMe, r per block", r=13)
+    return _deit("tome_deit_t", "tome", 192, 3, "deit_t", "DeiT-Tiny + ToMe, r=13 per block (--r at export)", r=13)
 
 
 @register
 def tome_deit_s() -> ViTConfig:
-    return _deit("tome_deit_s", "tome", 384, 6, "deit_s", "DeiT-Small + ToMe, r per block", r=13)
+    return _deit("tome_deit_s", "tome", 384, 6, "deit_s", "DeiT-Small + ToMe, r=13 per block (--r at export)", r=13)
 
 
 @register
 def tome_deit_b() -> ViTConfig:
-    return _deit("tome_deit_b", "tome", 768, 12, "deit_b", "DeiT-Base + ToMe, r per block", r=13)
+    return _deit("tome_deit_b", "tome", 768, 12, "deit_b", "DeiT-Base + ToMe, r=13 per block (--r at export)", r=13)
 
 
 # Tiny variants: seconds to export, used by the tests. 32x32 input, patch 4 -> 64 patches.
-def _tiny(name: str, family: str, dense: str | None, stages: tuple[int, ...], **more) -> ViTConfig:
+def _tiny(name: str, family: str, dense: str | None, stages: tuple[int, ...], desc: str = "tiny test variant",
+          **more) -> ViTConfig:
     return ViTConfig(
         name, family, 48, 4, 3, img_size=32, patch_size=4, num_classes=10, stages=stages,
         dense_name=dense, labels="digits-0-9", crop_pct=1.0, interpolation="bilinear",
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), description="tiny test variant", **more,
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), description=desc, **more,
     )
 
 
@@ -100,12 +101,12 @@ def tiny_dense() -> ViTConfig:
 
 @register
 def tiny_topk() -> ViTConfig:
-    return _tiny("tiny_topk", "ats", "tiny_dense", (1, 2, 3), scheme="topk")
+    return _tiny("tiny_topk", "ats", "tiny_dense", (1, 2, 3), "tiny test variant: top-K", scheme="topk")
 
 
 @register
 def tiny_tome() -> ViTConfig:
-    return _tiny("tiny_tome", "tome", "tiny_dense", (), r=8)
+    return _tiny("tiny_tome", "tome", "tiny_dense", (), "tiny test variant: ToMe, r=8", r=8)
 
 
 # -- segmentation: DoViT and SETR-naive (docs/design.md, DoViT) --------------------
@@ -193,4 +194,4 @@ def digits_topk() -> ViTConfig:
 
 @register
 def digits_tome() -> ViTConfig:
-    return _digits("digits_tome", "tome", "digits_dense", (), "digits ViT + ToMe, r per block (digits_ats weights)", r=8)
+    return _digits("digits_tome", "tome", "digits_dense", (), "digits ViT + ToMe, r=8 per block (digits_ats weights)", r=8)

@@ -1,6 +1,7 @@
-"""ATS / ToMe / dense parity: a backend (ONNX Runtime by default) against the PyTorch model a file was
-exported from. Used right after export (``validate_export``) and by ``tscli parity``. Per image: max |logit diff|, cosine, top-1
-agreement, per-stage kept counts and kept sets (ToMe: the groups of merged tokens after every block). Kept sets are discrete decisions on floats: when
+"""ATS / ToMe / dense parity: a backend (ONNX Runtime by default) against the PyTorch model a
+file was exported from. Used right after export (``validate_export``) and by ``tscli parity``.
+Per image: max |logit diff|, cosine, top-1 agreement, per-stage kept counts and kept sets (ToMe:
+the groups of merged tokens after every block). Kept sets are discrete decisions on floats: when
 they differ and the PyTorch decision margin of that image is below NEAR_TIE, the image is
 reported as a near-tie (docs/design.md, "Tie bands"), not as a mismatch, and its logits (which
 then legitimately differ) are left out of the logit statistics.
