@@ -130,6 +130,8 @@ def test_budget_rules():
         resolve_budgets(opened, {"k": ["t.onnx=4"]})
     with pytest.raises(UsageError, match="'x.onnx' in 'x.onnx=4' is not one of the FILEs"):
         resolve_budgets(opened, {"k": ["x.onnx=4"]})
+    with pytest.raises(UsageError, match="bad --k 'ats.onnx='; give values like 99,48"):
+        resolve_budgets(opened, {"k": ["ats.onnx="]})
     with pytest.raises(UsageError, match="bad --k 'many'"):
         resolve_budgets(opened, {"k": ["many"]})
     with pytest.raises(UsageError, match="bad --batch 1,0"):

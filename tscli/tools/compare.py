@@ -103,7 +103,7 @@ class Entry:
         return self.meta.get("family") == C.FAMILY_DENSE
 
 
-def read_files(files: list[str | Path], threads: int | None) -> list[tuple[Path, dict]]:
+def read_files(files: list[str | Path]) -> list[tuple[Path, dict]]:
     """Open every file once (a missing or foreign file fails here) and check they are comparable."""
     if not files:
         raise UsageError("give at least one exported model FILE")
@@ -126,10 +126,12 @@ def read_files(files: list[str | Path], threads: int | None) -> list[tuple[Path,
     return out
 
 
-def _split_spec(text: str, files: list[Path]) -> tuple[Path | None, list[str]]:
+def _split_spec(text: str, files: list[Path], option: str) -> tuple[Path | None, list[str]]:
     """'99,48' (every file) or 'FILE=99,48' (that file: as given, or its name) -> (file or None, values)."""
     target, _, values = text.rpartition("=")
     parts = [p.strip() for p in values.split(",") if p.strip()]
+    if not parts:
+        raise UsageError(f"bad --{option} {text!r}; give values like 99,48 (every file) or FILE=99,48 (one file)")
     if not target:
         return None, parts
     hits = [f for f in files if str(f) == target or f.name == target]
@@ -152,7 +154,7 @@ def resolve_budgets(opened: list[tuple[Path, dict]], specs: dict[str, list[str] 
             raise UsageError(f"--{name} given, but no FILE takes a {name} (files: "
                              + ", ".join(f"{p.name} ({m['family']})" for p, m in opened) + ")")
         for text in texts:
-            target, values = _split_spec(str(text), files)
+            target, values = _split_spec(str(text), files, name)
             if target is not None and target not in takers:
                 raise UsageError(f"--{name} {text!r}: {str(target)!r} takes no {name}")
             if target is None:
@@ -252,7 +254,7 @@ def compare(files: list[str | Path], budgets: dict[str, list[str] | None] | None
         raise UsageError(f"--runs {runs} / --warmup {warmup} invalid; need runs >= 1 and warmup >= 0")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit} is invalid; give at least 1 image")
-    opened = read_files(files, threads)
+    opened = read_files(files)
     plan = resolve_budgets(opened, budgets or {})
     exported = not any(m["family"] == C.FAMILY_DENSE for _, m in opened)
     with tempfile.TemporaryDirectory(prefix="tscli-compare-") as tmp:
