@@ -58,3 +58,14 @@ def ort_ops_library() -> str:
     except MissingDependency:
         fetch_ort_headers()
     return str(build_ort_ops())
+
+
+@pytest.fixture(scope="session")
+def tiny_reduction_exports(tmp_path_factory) -> dict:
+    """The export results (path, metadata, lint, parity) of tiny_topk (max_k 40) and tiny_tome
+    (its r = 8), shared by the top-K, ToMe and compare tests."""
+    from tscli.tools.checked_export import ExportOptions, export_onnx
+
+    folder = tmp_path_factory.mktemp("reduction")
+    return {key: export_onnx(ExportOptions(output=str(folder / f"{key}.onnx"), **opts))
+            for key, opts in {"topk": dict(model="tiny_topk", max_k=40), "tome": dict(model="tiny_tome")}.items()}

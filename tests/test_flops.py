@@ -61,3 +61,30 @@ def test_deit_s_matches_paper_scale():
     # Papers quote multiply-adds: DeiT-S 4.6 G, ATS at K~99 about 2.9 G.
     assert F.gflops(meta, graph="dense") / 2 == pytest.approx(4.6, abs=0.05)
     assert F.gflops(meta, 99) / 2 == pytest.approx(2.9, abs=0.05)
+
+
+def test_tiny_tome_hand_count():
+    # tiny_tome, r=8 in each of the 4 blocks: 65 -> 57 -> 49 -> 41 -> 33 tokens. D=48, 3 heads (16
+    # channels of head-averaged keys), MLP hidden 192. Block 0 by hand:
+    block0 = (2 * 65 * 48 * 144        # qkv on 65 tokens: 898,560
+              + 2 * 2 * 65 * 65 * 48   # QK^T + AV: 811,200
+              + 2 * 65 * 48 * 48       # proj: 299,520
+              + 2 * 33 * 32 * 16       # matching: 33 A x 32 B similarities over 16 channels: 33,792
+              + 2 * 32 * 8 * 49        # one-hot assignment, 32 B rows x 8 sources x (48 + 1): 25,088
+              + 2 * 2 * 57 * 48 * 192)  # MLP on the 57 merged tokens: 2,101,248
+    assert block0 == 4_169_408
+
+    def block(t, r):
+        return (2 * t * 48 * 144 + 4 * t * t * 48 + 2 * t * 48 * 48 + 2 * ((t + 1) // 2) * (t // 2) * 16
+                + 2 * (t // 2) * r * 49 + 4 * (t - r) * 48 * 192)
+
+    assert block(65, 8) == block0
+    expected = 294_912 + block(65, 8) + block(57, 8) + block(49, 8) + block(41, 8) + 960
+    meta = dict(TINY, family="tome", stages=[], max_k=None, num_heads=3, r=8, merge_r=[8, 8, 8, 8])
+    assert F.tome_flops(F.arch_from_meta(meta), [8, 8, 8, 8]) == expected
+    assert F.gflops(meta) == pytest.approx(expected / 1e9)
+    assert F.gflops(meta, graph="dense") == pytest.approx(17_917_632 / 1e9)  # same weights, no merging
+    # r = 0 everywhere: exactly the dense count (nothing merged, no matching)
+    assert F.tome_flops(F.arch_from_meta(meta), [0, 0, 0, 0]) == 17_917_632
+    with pytest.raises(ValueError):
+        F.tome_flops(F.arch_from_meta(meta), [8, 8])

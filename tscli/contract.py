@@ -29,15 +29,23 @@ OUTPUT_SEG = "seg_logits"  # float32 [B, classes, H, W]
 # kept_counts (OUTPUT_COUNTS) for DoViT: int64 [B, decisions], patch tokens still active after each decision layer
 OUTPUT_KEEP_MASKS = "kept_masks"  # bool [B, decisions, patches]: which patch tokens are still active
 OUTPUT_SATURATED = "saturated"  # bool [B]: the capacity cut tokens that wanted to continue
+# ToMe graphs: int64 [B, merging blocks, tokens]: after each merging block, the row holding each
+# original token (CLS = 0, patch p = p + 1); tokens in one row were merged together.
+OUTPUT_MERGE_SLOTS = "merge_slots"
 
 # Model families. ``family`` in the metadata decides how every tool treats a file.
 FAMILY_ATS = "ats"
 FAMILY_DENSE = "dense"
+FAMILY_TOME = "tome"  # token merging (ToMe): r tokens merged per block, r fixed at export
 SEG_FAMILIES = ("dovit", "seg")  # segmentation: DoViT and its dense SETR baseline
 
 # ATS sampling schemes (docs/design.md, ATS step 4). The position is the scheme's code in the
 # plugin's int attribute and in ats_sampling_core.h's enum.
 SCHEMES = ("paper", "official")
+# The ATS paper's top-K baseline: the same block and the same significance scores, but the K
+# highest are kept (docs/design.md, "Top-K"). Plain form only: the plugin implements SCHEMES.
+TOPK = "topk"
+PICK_RULES = SCHEMES + (TOPK,)
 
 # The sampling step as one ONNX node / TensorRT plugin: domain = plugin namespace.
 PLUGIN_DOMAIN = "tscli"
@@ -55,6 +63,9 @@ META_KEYS = (
 )
 # Written in addition by segmentation exports (dovit / seg families).
 SEG_META_KEYS = ("max_keep", "xi", "merge", "grid")
+# Written in addition by ToMe exports: r (tokens merged per block), the r of each block after
+# clamping (ToMe never merges more than half of the unprotected tokens), and proportional attention.
+TOME_META_KEYS = ("r", "merge_r", "prop_attn")
 
 _RANDOM_PREFIX = "random(seed="
 

@@ -10,8 +10,22 @@ import typer
 
 from .. import contract as C
 from ..errors import UsageError
-from .common import (Backend, Checkpoint, JsonFlag, KList, Plugins, RateList, Threads, out, parse_floats,
-                     parse_k_list, print_caveat, print_json, status, table)
+from .common import (
+    Backend,
+    Checkpoint,
+    JsonFlag,
+    KList,
+    Plugins,
+    RateList,
+    Threads,
+    out,
+    parse_floats,
+    parse_k_list,
+    print_caveat,
+    print_json,
+    status,
+    table,
+)
 from .export_cmd import print_parity
 
 

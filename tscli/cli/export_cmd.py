@@ -17,7 +17,7 @@ def export(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (default: MODEL.onnx)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="timm/DeiT state_dict (.pth/.bin/.safetensors)."),
     stages: Optional[str] = typer.Option(None, "--stages", help="ATS blocks, e.g. 3-11 (default) or 3,6,9."),
-    sampling: str = typer.Option("paper", "--sampling", help="Sampling points: paper | official."),
+    sampling: Optional[str] = typer.Option(None, "--sampling", help="ATS picking: paper | official | topk (default: the model's; paper for ATS)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
     form: str = typer.Option("plain", "--form", help="plain (standard ops only) | plugin (tscli.ATSSample nodes for the TensorRT plugin)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights when no checkpoint is given."),
@@ -29,6 +29,7 @@ def export(
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of images for the post-export check (default: scikit-image's sample photos)."),
     rate: Optional[str] = typer.Option(None, "--rate", help="DynamicViT / EViT default keep rate (default 0.7, the released one); changeable at load."),
     max_rate: Optional[str] = typer.Option(None, "--max-rate", help="DynamicViT / EViT: largest rate the file accepts at load (default 1); bounds every kept count."),
+    r: Optional[int] = typer.Option(None, "--r", help="ToMe: tokens merged per block (default: the model's; fixed in the file)."),
 ):
     """Export a model to one ONNX file (dynamic batch, K chosen at load time), then check it."""
     from ..tools.catalog import is_reduction_model, is_segmentation_model
@@ -37,13 +38,13 @@ def export(
     if (rate is not None or max_rate is not None) and not is_reduction_model(model):
         raise UsageError(f"--rate/--max-rate apply to DynamicViT / EViT models; {model!r} is not one")
     if is_reduction_model(model):
-        if max_k is not None or stages is not None or sampling != "paper" or form != "plain" or mode != "padded" \
-                or max_keep is not None or input_size is not None or xi is not None:
+        if max_k is not None or stages is not None or sampling is not None or form != "plain" or mode != "padded" \
+                or max_keep is not None or input_size is not None or xi is not None or r is not None:
             raise UsageError(f"{model!r} is a DynamicViT / EViT model: of the model options only --rate/--max-rate apply")
         result = _export_reduction(model, rate, max_rate, output, checkpoint, opset, seed, no_validate)
     elif is_segmentation_model(model):
-        if max_k is not None or stages is not None or sampling != "paper" or form != "plain" or mode != "padded":
-            raise UsageError(f"--max-k/--stages/--sampling/--form/--mode apply to ATS models; {model!r} is a segmentation model "
+        if max_k is not None or stages is not None or sampling is not None or form != "plain" or mode != "padded" or r is not None:
+            raise UsageError(f"--max-k/--stages/--sampling/--form/--mode apply to ATS models, --r to ToMe models; {model!r} is a segmentation model "
                              "(use --max-keep/--input-size/--xi)")
         opts = SegExportOptions(model, max_keep, input_size, xi, optional_str(output), optional_str(checkpoint), opset,
                                 seed, not no_validate, optional_str(images))
@@ -57,12 +58,13 @@ def export(
         if max_keep is not None or input_size is not None or xi is not None:
             raise UsageError(f"--max-keep/--input-size/--xi apply to segmentation models (dovit, seg); {model!r} is not one")
         opts = ExportOptions(model, max_k, optional_str(output), optional_str(checkpoint), stages, sampling, opset, form,
-                             seed, not no_validate, mode, optional_str(images))
+                             seed, not no_validate, mode, r, optional_str(images))
         with status("exporting") as spinner:
             result = export_onnx(opts, progress=lambda msg: spinner.update(msg))
         meta = result.metadata
+        budget = f"r={meta['r']} (per block {meta['merge_r']})" if "r" in meta else f"max_k={meta['max_k']}"
         out.print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {meta['model']}, "
-                  f"max_k={meta['max_k']}, stages={meta['stages'] or '-'}, scheme={meta['scheme']}, form={meta['form']}")
+                  f"{budget}, stages={meta['stages'] or '-'}, scheme={meta['scheme']}, form={meta['form']}")
     warnings = [f for f in result.lint.findings if f.level == "warning"]
     out.print(f"lint: ok ({len(warnings)} warnings)" + "".join(f"\n  {w}" for w in warnings))
     if result.validation is not None:
@@ -103,8 +105,9 @@ def _print_ats_parity(report) -> None:
     for r in report.rows:
         checked = r.images - r.near_ties
         setting = str(r.k) if r.rate is None else f"rate {r.rate:g}"
+        counts = f"{r.counts_agree}/{r.images}" if r.execution in ("padded", "trimmed", "static") else "-"  # ToMe: static
         t.add_row(setting, r.execution, str(r.images), f"{r.max_abs_diff:.1e}", f"{r.min_cosine:.6f}",
-                  f"{r.top1_agree}/{checked}", f"{r.counts_agree}/{r.images}", f"{r.sets_agree}/{checked}",
+                  f"{r.top1_agree}/{checked}", counts, f"{r.sets_agree}/{checked}",
                   str(r.near_ties), yes_no(r.ok))
     out.print(t)
 

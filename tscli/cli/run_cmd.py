@@ -9,8 +9,21 @@ import typer
 
 from .. import contract as C
 from ..errors import UsageError
-from .common import (Backend, Batch, JsonFlag, Plugins, Threads, out, parse_k_value, parse_rate, positive, print_caveat,
-                     print_json, progress_bar, table)
+from .common import (
+    Backend,
+    Batch,
+    JsonFlag,
+    Plugins,
+    Threads,
+    out,
+    parse_k_value,
+    parse_rate,
+    positive,
+    print_caveat,
+    print_json,
+    progress_bar,
+    table,
+)
 
 
 def run(

@@ -9,8 +9,21 @@ import typer
 
 from .. import contract as C
 from ..errors import ModelFileError, UsageError
-from .common import (Checkpoint, JsonFlag, Plugins, RateList, Threads, err, optional_str, out, parse_floats, parse_ints,
-                     print_json, status, table)
+from .common import (
+    Checkpoint,
+    JsonFlag,
+    Plugins,
+    RateList,
+    Threads,
+    err,
+    optional_str,
+    out,
+    parse_floats,
+    parse_ints,
+    print_json,
+    status,
+    table,
+)
 
 
 def bench(

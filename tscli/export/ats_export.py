@@ -2,7 +2,8 @@
 
 Padded (static) graphs: K is the length of the ``k_select`` input, a named dynamic dim bounded
 by max_k, so one file serves every 1 <= K <= max_k. Batch is dynamic. The same function exports
-the dense baselines (family ``dense``: images -> logits).
+the top-K baseline (ATS with scheme ``topk``), the dense baselines (family ``dense``: images ->
+logits) and ToMe (family ``tome``: images -> logits, merge_slots; r fixed here, ``--r``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..models.catalog import get_config
 from ..models.factory import BuiltModel, build_model
 from ..models.labels import label_names
 from ..models.registry import parse_stages
+from ..models.tome import ToMeExportWrapper
 from .exporter import Validator, check_opset, check_seed, run_exporter, stamp, write_checked
 from .lint import LintReport
 from .plugin_form import to_plugin_form, translation_table
@@ -38,12 +40,13 @@ class ExportOptions:
     output: str | None = None
     checkpoint: str | None = None
     stages: str | None = None
-    scheme: str = "paper"
+    scheme: str | None = None  # None: the variant's own (paper for ATS, topk for the top-K variants)
     opset: int = 18
     form: str = "plain"
     seed: int = 0
     validate: bool = True
     mode: str = "padded"
+    r: int | None = None  # ToMe: tokens merged per block (None: the variant's own)
     validate_images: str | None = None  # folder of images for the post-export check (default: samples)
 
 
@@ -63,11 +66,16 @@ def resolve_options(opts: ExportOptions):
         if cfg.family != "ats":
             raise UsageError(f"--stages applies to ATS models; {opts.model!r} is {cfg.family}")
         overrides["stages"] = parse_stages(opts.stages, cfg.depth)
-    if opts.scheme not in C.SCHEMES:
-        raise UsageError(f"unknown --sampling {opts.scheme!r}; valid: {', '.join(C.SCHEMES)}")
-    overrides["scheme"] = opts.scheme
+    if opts.scheme is not None:
+        if opts.scheme not in C.PICK_RULES:
+            raise UsageError(f"unknown --sampling {opts.scheme!r}; valid: {', '.join(C.PICK_RULES)}")
+        overrides["scheme"] = opts.scheme
     if opts.form not in FORMS:
         raise UsageError(f"unknown --form {opts.form!r}; valid: {', '.join(FORMS)}")
+    if opts.form == "plugin" and (cfg.family == C.FAMILY_TOME or overrides.get("scheme", cfg.scheme) == C.TOPK):
+        raise UsageError(f"--form plugin holds the ATS sampling op (schemes {', '.join(C.SCHEMES)}); "
+                         f"{opts.model!r} exports in the plain form only")
+    overrides.update(_resolve_r(cfg, opts.r))
     if opts.mode not in MODES:
         raise UsageError(f"unknown --mode {opts.mode!r}; valid: {', '.join(MODES)}")
     if opts.mode == "trimmed" and cfg.family != "ats":
@@ -85,9 +93,25 @@ def resolve_options(opts: ExportOptions):
     return cfg, max_k
 
 
+def _resolve_r(cfg, r: int | None) -> dict:
+    """ToMe's r: 1..(T - 1) // 2 (ToMe merges at most half of the tokens besides CLS)."""
+    if cfg.family != C.FAMILY_TOME:
+        if r is not None:
+            raise UsageError(f"--r applies to ToMe models; {cfg.name!r} is {cfg.family}")
+        return {}
+    r = cfg.r if r is None else r
+    top = cfg.num_patches // 2
+    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= top:
+        raise UsageError(f"--r {r!r} is out of range for {cfg.name}; valid: 1..{top} (tokens merged per block)")
+    return {"r": r}
+
+
 def metadata_for(built: BuiltModel, max_k: int | None, opts: ExportOptions) -> dict:
     cfg = built.config
-    return {
+    tome = {}
+    if cfg.family == C.FAMILY_TOME:  # the r of each block after ToMe's clamp, and proportional attention
+        tome = {"r": cfg.r, "merge_r": list(built.module.schedule), "prop_attn": bool(built.module.blocks[0].prop_attn)}
+    return tome | {
         "tool_version": __version__, "model": cfg.name, "family": cfg.family, "max_k": max_k,
         "stages": list(cfg.stages), "scheme": cfg.scheme if cfg.family == "ats" else None, "mode": opts.mode,
         "form": opts.form, "input_size": [3, cfg.img_size, cfg.img_size], "patch_size": cfg.patch_size,
@@ -113,6 +137,10 @@ def _torch_export(built: BuiltModel, max_k: int | None, opset: int, mode: str = 
         k_dim = torch.export.Dim(C.DIM_K, min=1, max=max_k) if max_k > 1 else None
         dynamic = {"images": {0: batch}, "k_select": {0: k_dim} if k_dim else {}}
         names = ([C.INPUT_IMAGES, C.INPUT_K], [C.OUTPUT_LOGITS, C.OUTPUT_COUNTS, C.OUTPUT_POSITIONS])
+    elif cfg.family == C.FAMILY_TOME:
+        module, example = ToMeExportWrapper(built.module).eval(), (images,)
+        dynamic = {"images": {0: batch}}
+        names = ([C.INPUT_IMAGES], [C.OUTPUT_LOGITS, C.OUTPUT_MERGE_SLOTS])
     else:
         module, example = built.module, (images,)
         dynamic = {"x": {0: batch}}

@@ -1,4 +1,5 @@
-"""Reference graphs for ``tscli bench``: the dense baseline and the "ideal" bound of an ATS file.
+"""Reference graphs for ``tscli bench`` and ``tscli compare``: the dense baseline of a
+classification file (ATS, ToMe, ...) and the "ideal" bound of an ATS file.
 
 Both are rebuilt from the ATS file's metadata with the same weights (random seed or checkpoint)
 and exported the way export/exporter.py exports (dynamo, one file, dynamic batch; the ideal
@@ -37,8 +38,8 @@ def _export(module: torch.nn.Module, graph: str, meta: dict) -> onnx.ModelProto:
     size = meta["input_size"]
     images = torch.randn(2, *size)
     batch = torch.export.Dim(C.DIM_BATCH, min=1, max=4096)
-    max_k = int(meta["max_k"])
     if graph == "ideal":
+        max_k = int(meta["max_k"])
         example = (images, torch.zeros(min(max_k, 4)))
         k_dim = torch.export.Dim(C.DIM_K, min=1, max=max_k) if max_k > 1 else None
         dynamic = {"images": {0: batch}, "k_select": {0: k_dim} if k_dim else {}}
@@ -49,16 +50,20 @@ def _export(module: torch.nn.Module, graph: str, meta: dict) -> onnx.ModelProto:
 
 
 def export_bench_graph(graph: str, meta: dict, path: str | Path, checkpoint: str | None = None) -> Path:
-    """Export the ``dense`` baseline or the ``ideal`` bound of the ATS file described by ``meta``."""
+    """Export the ``dense`` baseline of the classification file described by ``meta``, or the
+    ``ideal`` bound of an ATS file."""
     if graph not in GRAPHS:
         raise UsageError(f"unknown bench graph {graph!r}; valid: {', '.join(GRAPHS)}")
-    if meta.get("family") != "ats":
-        raise UsageError(f"bench reference graphs need an ATS file; this one is {meta.get('family')!r}")
+    if C.is_segmentation(meta) or (graph == "ideal" and meta.get("family") != "ats"):
+        raise UsageError(f"the {graph} reference graph needs {'an ATS' if graph == 'ideal' else 'a classification'} "
+                         f"file; this one is {meta.get('family')!r}")
     path = Path(path)
     model = _export(_module_for(graph, meta, checkpoint), graph, meta)
     ref = dict(meta, family="dense" if graph == "dense" else "ideal", bench_graph=graph)
     if graph == "dense":
         ref.update(model=meta.get("dense_name") or f"{meta['model']}-dense", max_k=None, stages=[], scheme=None)
+        for key in C.TOME_META_KEYS:  # a ToMe file's r: not the dense model's
+            ref.pop(key, None)
     stamp(model, ref)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))

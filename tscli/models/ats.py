@@ -20,8 +20,9 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor
 
+from ..contract import TOPK
 from . import ops  # also registers torch.ops.tscli.ats_sample
-from .sampling import ats_pick, slot_indices
+from .sampling import pick_tokens, slot_indices
 
 
 @dataclass
@@ -132,7 +133,7 @@ class TokenSamplingBlock(Block):
             index, slot_mask = ops.sample_slots(scores, valid, k_like, self.scheme)
             return index.long(), slot_mask, None
         # the same functions the op runs, without its int32 plugin contract
-        keep, margin = ats_pick(scores, valid, k_like, self.scheme, with_margin=self.record_margin)
+        keep, margin = pick_tokens(scores, valid, k_like, self.scheme, with_margin=self.record_margin)
         index, slot_mask = slot_indices(keep, k_like)
         return index, slot_mask, margin
 
@@ -201,7 +202,7 @@ class TokenSamplingBlock(Block):
             index, _ = ops.sample_slots(scores, state.mask[:, 1:], k_like, self.scheme)
             mask, margin = state.mask.to(a.dtype).mul(0.0).scatter(1, index.long(), 1.0) > 0, None
         else:
-            keep, margin = ats_pick(scores, state.mask[:, 1:], k_like, self.scheme, with_margin=self.record_margin)
+            keep, margin = pick_tokens(scores, state.mask[:, 1:], k_like, self.scheme, with_margin=self.record_margin)
             mask = torch.cat([state.mask[:, :1], keep], dim=1)
         if records is not None:
             records.append(_record(mask.sum(dim=1), torch.where(mask, state.positions, -1), margin, scores,
@@ -226,6 +227,8 @@ class ATSVisionTransformer(VisionTransformer):
 
     def configure(self, *, scheme: str | None = None, execution: str | None = None, use_custom_op: bool | None = None,
                   record_margin: bool | None = None) -> "ATSVisionTransformer":
+        if use_custom_op and (scheme or self.blocks[0].scheme) == TOPK:
+            raise ValueError("the top-K rule has no sampling op (tscli.ATSSample implements ATS sampling only)")
         for blk in self.blocks:
             if scheme is not None:
                 blk.scheme = scheme

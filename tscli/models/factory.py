@@ -16,6 +16,7 @@ from .dovit import build_segvit
 from .dynamicvit import DynamicViT
 from .evit import EViT
 from .registry import ViTConfig
+from .tome import ToMeVisionTransformer
 
 
 @dataclass
@@ -37,6 +38,7 @@ def vit_kwargs(cfg: ViTConfig) -> dict:
 BUILDERS: dict = {
     C.FAMILY_ATS: lambda cfg: ATSVisionTransformer(stages=cfg.stages, scheme=cfg.scheme, **vit_kwargs(cfg)),
     C.FAMILY_DENSE: lambda cfg: VisionTransformer(**vit_kwargs(cfg)),
+    C.FAMILY_TOME: lambda cfg: ToMeVisionTransformer(r=cfg.r, **vit_kwargs(cfg)),
     "dovit": build_segvit,
     "seg": build_segvit,
     C.FAMILY_DYNAMICVIT: lambda cfg: DynamicViT(stages=cfg.stages, **vit_kwargs(cfg)),
@@ -61,6 +63,8 @@ def build_from_metadata(meta: dict, checkpoint: str | None = None) -> BuiltModel
     overrides = {}
     if meta.get("family") == C.FAMILY_ATS:
         overrides = {"stages": tuple(meta["stages"]), "scheme": meta["scheme"]}
+    elif meta.get("family") == C.FAMILY_TOME:
+        overrides = {"r": int(meta["r"])}
     cfg = get_config(meta["model"], **overrides)
     weights = str(meta.get("weights", C.random_weights(0)))
     seed = C.random_seed(weights)

@@ -21,7 +21,7 @@ class ViTConfig:
     """Architecture + preprocessing of a variant. ``family`` decides which builder runs."""
 
     name: str
-    family: str  # "ats" | "dense"
+    family: str  # "ats" | "dense" | "tome" | ... (contract.py)
     embed_dim: int
     depth: int
     num_heads: int
@@ -29,7 +29,8 @@ class ViTConfig:
     patch_size: int = 16
     num_classes: int = 1000
     stages: tuple[int, ...] = ()
-    scheme: str = "paper"
+    scheme: str = "paper"  # ats: the picking rule, contract.PICK_RULES
+    r: int = 0  # tome: tokens merged per block (export --r overrides)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     crop_pct: float = 0.875

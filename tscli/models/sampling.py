@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..contract import SCHEMES  # noqa: F401  (re-exported: the models' callers use it from here)
+from ..contract import SCHEMES, TOPK  # noqa: F401  (SCHEMES re-exported: the models' callers use it from here)
 
 # Distances live in [0, 1]; anything above is "no candidate here".
 _FAR = 4.0
@@ -174,6 +174,44 @@ def ats_pick(scores: Tensor, valid: Tensor, num_points_like: Tensor, scheme: str
     if not with_margin:
         return keep, None
     return keep, nearest_picks(points, cdf_d, rank, valid)[1]
+
+
+def topk_pick(scores: Tensor, valid: Tensor, num_points_like: Tensor,
+              with_margin: bool = True) -> tuple[Tensor, Tensor | None]:
+    """The ATS paper's top-K baseline: keep the K valid candidates with the highest normalised
+    significance S_j (the scores ATS samples from), ties to the lower index; K' = min(K, valid).
+
+    Same static form as ``stable_order``: token i is ahead of j when S_i > S_j, or S_i == S_j and
+    i < j; j's place is the number of tokens ahead of it, and j is kept when its place is below K.
+    No TopK operator: TensorRT does not promise which of several equal values it returns.
+    The margin (with_margin) is the smallest kept S minus the largest dropped valid S, so an
+    exact tie at the K-th place has margin 0 (docs/design.md, "Tie bands").
+    """
+    s = normalise_scores(scores, valid)
+    n = s.shape[-1]
+    idx = torch.arange(n, device=s.device)
+    lower_index = idx.unsqueeze(1) > idx.unsqueeze(0)  # [j, i]: i < j
+    key = torch.where(valid, s, -1.0)  # invalid tokens below every valid S (S >= 0): never ahead of one
+    si = key.unsqueeze(-2)  # [B, 1, N] -> indexed by i
+    sj = key.unsqueeze(-1)  # [B, N, 1] -> indexed by j
+    ahead = (si > sj) | ((si >= sj) & lower_index)
+    place = ahead.to(s.dtype).sum(dim=-1)  # [B, N], 0 for the highest
+    k = torch.arange(num_points_like.shape[0], dtype=s.dtype, device=s.device)[-1:] + 1.0  # K, from the length
+    keep = (place < k) & valid
+    if not with_margin:
+        return keep, None
+    worst_kept = torch.where(keep, s, _FAR).amin(dim=-1)
+    best_dropped = torch.where(valid & ~keep, s, -_FAR).amax(dim=-1)
+    return keep, (worst_kept - best_dropped).clamp_max(_FAR)
+
+
+def pick_tokens(scores: Tensor, valid: Tensor, num_points_like: Tensor, scheme: str = "paper",
+                with_margin: bool = True) -> tuple[Tensor, Tensor | None]:
+    """The picking rule of an ATS block: ATS sampling (``ats_pick``) or, for ``topk``, the top-K
+    baseline (``topk_pick``). Same arguments and returns."""
+    if scheme == TOPK:
+        return topk_pick(scores, valid, num_points_like, with_margin)
+    return ats_pick(scores, valid, num_points_like, scheme, with_margin)
 
 
 def slot_indices(keep: Tensor, num_slots_like: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,12 +19,20 @@ Graphs (docs/design.md, ATS; T = patches + 1 tokens, S = K + 1 slots):
 - ideal at K: the same minus the first stage's scoring row (what `tscli bench --ideal` runs).
 - trimmed: per image, the slots after each stage are that image's own K' + 1 (measured counts),
   and the per-image mean is reported. Every trimmed stage gathers, so each computes its CLS row.
+- ToMe (``merge_r`` = the r of each block after ToMe's clamp): block i runs qkv, attention and
+  proj on its t_i input tokens and the MLP on t_i - r_i. Two matmuls of the merge are counted too,
+  since they carry a channel factor: the matching similarities (Ta x Tb dot products of the
+  head-averaged keys, Ta = ceil(t_i / 2), Tb = floor(t_i / 2)) and the one-hot assignment that adds
+  the r sources into their destinations (Tb x r over D + 1 channels, the size riding along).
+  The index bookkeeping (ranks, one-hot index picks) has no channel factor and is not counted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+
+from ..contract import FAMILY_TOME
 
 MLP_RATIO = 4.0  # every registered variant (timm's default); not in the metadata
 
@@ -38,6 +46,7 @@ class Arch:
     num_classes: int
     stages: tuple[int, ...] = ()
     mlp_ratio: float = MLP_RATIO
+    num_heads: int = 1  # only ToMe's matching uses it (head-averaged keys: D / heads channels)
 
     @property
     def tokens(self) -> int:
@@ -48,7 +57,7 @@ def arch_from_meta(meta: dict) -> Arch:
     chans, h, w = meta["input_size"]
     p = int(meta["patch_size"])
     return Arch(int(meta["embed_dim"]), int(meta["depth"]), (h // p) * (w // p), chans * p * p,
-                int(meta["num_classes"]), tuple(meta.get("stages") or ()))
+                int(meta["num_classes"]), tuple(meta.get("stages") or ()), num_heads=int(meta.get("num_heads") or 1))
 
 
 def block_flops(a: Arch, t_in: int, rows: int, score_row: bool = False) -> int:
@@ -106,9 +115,28 @@ def trimmed_flops(a: Arch, counts) -> float:
     return sum(ats_flops(a, r) for r in rows) / len(rows)
 
 
+def tome_flops(a: Arch, merge_r: Sequence[int]) -> int:
+    """Forward FLOPs of ToMe when block i merges merge_r[i] tokens (len(merge_r) == depth)."""
+    if len(merge_r) != a.depth:
+        raise ValueError(f"need one r per block ({a.depth}), got {len(merge_r)}")
+    d, hidden = a.embed_dim, int(a.mlp_ratio * a.embed_dim)
+    total, t = _ends(a), a.tokens
+    for r in map(int, merge_r):
+        total += 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d  # qkv, QK^T + AV, proj
+        if r > 0:
+            ta, tb = (t + 1) // 2, t // 2
+            total += 2 * ta * tb * (d // a.num_heads) + 2 * tb * r * (d + 1)  # matching, assignment
+        t -= r
+        total += 2 * t * 2 * d * hidden  # MLP on the merged tokens
+    return total
+
+
 def gflops(meta: dict, k: int | None = None, graph: str = "auto") -> float:
-    """GFLOPs of a file (graph auto: dense if the file has no K, else padded at K or max_k)."""
+    """GFLOPs of a file (graph auto: dense if the file has no K, else padded at K or max_k;
+    ToMe at its r)."""
     a = arch_from_meta(meta)
+    if meta.get("family") == FAMILY_TOME and graph == "auto":
+        return tome_flops(a, meta["merge_r"]) / 1e9
     if graph == "dense" or (graph == "auto" and (meta.get("family") != "ats" or not a.stages)):
         return dense_flops(a) / 1e9
     k = int(meta["max_k"] if k is None else k)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import contract as C
 from ..errors import ModelFileError
-from ..runtime.flops import arch_from_meta, dense_flops, padded_flops, reduction_flops
+from ..runtime.flops import arch_from_meta, dense_flops, padded_flops, reduction_flops, tome_flops
 from ..runtime.ort.session import OrtBackend
 from ..runtime.segmentation import seg_gflops_table
 
@@ -47,6 +47,8 @@ def gflops_table(meta: dict) -> dict:
     except (KeyError, TypeError, ValueError):  # files from before these keys were written
         return {}
     table = {"dense": dense_flops(arch) / 1e9}
+    if meta.get("family") == C.FAMILY_TOME and meta.get("merge_r"):
+        table[f"r={meta['r']}"] = tome_flops(arch, meta["merge_r"]) / 1e9
     max_k = meta.get("max_k")
     if meta.get("family") == "ats" and max_k and arch.stages:
         for k in sorted({int(max_k), max(1, int(max_k) // 2), max(1, int(max_k) // 4)}, reverse=True):

@@ -1,12 +1,14 @@
-"""ATS / dense parity: a backend (ONNX Runtime by default) against the PyTorch model a file was
-exported from. Used right after export (``validate_export``) and by ``tscli parity``.
+"""ATS / ToMe / dense parity: a backend (ONNX Runtime by default) against the PyTorch model a
+file was exported from. Used right after export (``validate_export``) and by ``tscli parity``.
 
-Per image: max |logit diff|, cosine, top-1 agreement, per-stage kept counts and kept sets. Kept
-sets are discrete decisions on floats: when an image's sets differ, the first stage where they
-differ is re-decided in float64 from the reference's scores, and the image is a near-tie when
-every differing token was in a decision inside that stage's tie band (tools/tie_band.py,
-docs/design.md "Tie bands"); its logits (which then legitimately differ) are left out of the
-logit statistics. Any other difference is a mismatch and fails the check.
+Per image: max |logit diff|, cosine, top-1 agreement, per-stage kept counts and kept sets (ToMe:
+the groups of merged tokens after every block). Kept sets are discrete decisions on floats: when
+an image's sets differ, the first stage where they differ is re-decided in float64 from the
+reference's scores, and the image is a near-tie when every differing token was in a decision
+inside that stage's tie band (tools/tie_band.py, docs/design.md "Tie bands"); ToMe: when the
+image's smallest matching margin is inside the score-order band. A near-tie's logits (which then
+legitimately differ) are left out of the logit statistics. Any other difference is a mismatch
+and fails the check.
 """
 
 from __future__ import annotations
@@ -109,12 +111,19 @@ class Reference:
     k: int | None = None
     scheme: str = "paper"
     embed_dim: int = 0
+    merge_slots: np.ndarray | None = None  # ToMe: [B, depth, T] row of every original token per block
+    margins: np.ndarray | None = None  # ToMe: [B] smallest matching margin (models/merging.py)
 
 
 def torch_reference(built: BuiltModel, images: np.ndarray, k: int | None, execution: str) -> Reference:
     model = built.module
     x = torch.from_numpy(images)
     with torch.no_grad():
+        if built.config.family == C.FAMILY_TOME:
+            logits, slots, margin = model.forward_with_records(x, with_margin=True)
+            margins = np.full(len(images), np.inf) if margin is None else margin.double().numpy()
+            return Reference(logits.numpy(), embed_dim=built.config.embed_dim, merge_slots=slots.numpy(),
+                             margins=margins)
         if built.config.family != C.FAMILY_ATS:
             return Reference(model(x).numpy())
         model.configure(execution=execution, record_margin=True)
@@ -129,9 +138,30 @@ def _kept_set(positions: np.ndarray) -> frozenset:
     return frozenset(int(p) for p in positions if p >= 0)
 
 
+def _merged_groups(slots: np.ndarray) -> list[frozenset]:
+    """ToMe merge slots [depth, T] of one image -> per block, the groups of original tokens that
+    share a row (row numbers themselves are not compared: only which tokens were merged)."""
+    return [frozenset(frozenset(np.flatnonzero(row == v).tolist()) for v in np.unique(row)) for row in slots]
+
+
+def _tome_divergence(ref: Reference, got: dict, i: int, source: str, precision: str) -> Divergence | None:
+    """ToMe: None when image i merges the same groups in every block; else the first block that
+    differs, a near-tie when the image's smallest matching margin (a cosine-similarity gap) is
+    inside the score-order band of its token count and embed dim."""
+    mine, theirs = _merged_groups(ref.merge_slots[i]), _merged_groups(got[C.OUTPUT_MERGE_SLOTS][i])
+    if mine == theirs:
+        return None
+    block = next(b for b, (x, y) in enumerate(zip(mine, theirs)) if x != y)
+    band = tie_band.order_band(ref.merge_slots.shape[-1], ref.embed_dim, precision)
+    margin = float(ref.margins[i])
+    return Divergence(i, source, block, margin, band, margin <= band, unit="block", kind="merge order")
+
+
 def first_divergence(ref: Reference, got: dict, i: int, source: str, precision: str) -> Divergence | None:
     """None when image i keeps the same tokens at every stage as the reference; else where the
     kept sets first differ, and whether the difference is inside that stage's tie band."""
+    if ref.merge_slots is not None:
+        return _tome_divergence(ref, got, i, source, precision)
     for s, rec in enumerate(ref.records):
         mine, theirs = _kept_set(rec.positions[i].numpy()), _kept_set(got[C.OUTPUT_POSITIONS][i, s])
         if mine == theirs:
@@ -151,7 +181,7 @@ def compare(ref: Reference, got: dict, k: int | None, execution: str, tol: float
     sources = sources or [f"input {i + 1}" for i in range(n)]
     diffs, cosines, top1, counts_ok, sets_ok, near, divergences = [], [], 0, 0, 0, 0, []
     for i in range(n):
-        div = first_divergence(ref, got, i, sources[i], precision) if ref.records is not None else None
+        div = first_divergence(ref, got, i, sources[i], precision) if ref.records is not None or ref.merge_slots is not None else None
         if div is not None:
             divergences.append(div)
             near += int(div.near_tie)
@@ -184,14 +214,16 @@ def run_parity(runner_factory, built: BuiltModel, images, ks: list[int | None],
     if isinstance(images, np.ndarray):
         names = sources or [f"input {i + 1}" for i in range(len(images))]
         images = [(images[lo:lo + batch], names[lo:lo + batch]) for lo in range(0, len(images), batch)]
-    executions = executions if built.config.family == C.FAMILY_ATS else ("dense",)
+    family = built.config.family
+    if family != C.FAMILY_ATS:
+        executions = ("tome",) if family == C.FAMILY_TOME else ("dense",)
     parts: dict[tuple, list[tuple[int, ParityRow]]] = {(k, e): [] for k in ks for e in executions}
     offset = 0
     for x, names in images:
         for k in ks:
             got = runners[k].infer(x)
             for execution in executions:
-                ref = torch_reference(built, x, k, "padded" if execution == "dense" else execution)
+                ref = torch_reference(built, x, k, execution if family == C.FAMILY_ATS else "padded")
                 parts[(k, execution)].append((offset, compare(ref, got, k, execution, tol, names, precision)))
         offset += len(x)
     report.rows = [_merge(rows) for rows in parts.values()]

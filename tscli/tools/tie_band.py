@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..contract import TOPK
 from ..errors import UsageError
 from ..models.sampling import decision_contest, normalise_scores
 
@@ -89,7 +90,10 @@ def explain(mine: set, theirs: set, candidates, scores, valid, k: int, scheme: s
     differing token, kind "point decision" or "score order"; inside its band means a near-tie.
 
     mine/theirs: original token positions; candidates [N], scores [N], valid [N] of one image."""
-    contest = contest_margins(np.asarray(scores)[None], np.asarray(valid)[None], k, scheme)[0]
+    if scheme == TOPK:  # no sample points: a top-K pick is an order decision only
+        contest = np.full(len(np.asarray(scores)), np.inf)
+    else:
+        contest = contest_margins(np.asarray(scores)[None], np.asarray(valid)[None], k, scheme)[0]
     S = normalised(np.asarray(scores)[None], np.asarray(valid)[None])[0]
     index = {int(p): j for j, p in enumerate(np.asarray(candidates))}
     band_point = ats_band(int(np.asarray(valid).sum()), precision)
