@@ -35,6 +35,22 @@ Backend = Annotated[str, typer.Option("--backend", help="ort | trt (FILE is an e
 Batch = Annotated[int, typer.Option("--batch", help="Images per inference (memory stays bounded whatever the number of images).")]
 
 
+# Options whose value may be left out: a bare `--pretrained` means `--pretrained default`. typer
+# has no optional-value options, so main() completes a bare one before parsing (a value must then
+# follow the model name, or be given as --pretrained=TAG).
+OPTIONAL_VALUES = {"--pretrained": "default"}
+
+
+def complete_optional_values(argv: list[str]) -> list[str]:
+    """argv with the default value inserted after every bare optional-value option."""
+    done = []
+    for i, arg in enumerate(argv):
+        done.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            done.append(OPTIONAL_VALUES[arg])
+    return done
+
+
 def status(message: str):
     """A spinner on stderr while a slow step runs; its text follows the library's progress."""
     return err.status(message, spinner="dots")
