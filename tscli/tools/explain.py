@@ -25,7 +25,8 @@ from ..runtime.segmentation import Segmentation, input_view, overlay, palette
 from .plots import pyplot, save_figure, write_json
 
 KEEP_ALPHA = 0.25  # a dropped patch keeps this much of its pixels ...
-WASH = 235.0  # ... blended with this light grey, so that even black patches show as dropped
+WASH = 128.0  # ... blended with mid-grey: dark and bright patches alike go flat, so the kept ones stand out
+OUTLINE = "#ffd400"  # the kept region's outline, drawn over the panel (the panel's pixels stay as computed)
 TOKEN_SCHEMA = "tscli.tokens/1"
 STOP_SCHEMA = "tscli.stops/1"
 
@@ -49,15 +50,18 @@ def wash(view: np.ndarray, keep: np.ndarray, patch: int) -> np.ndarray:
     return np.where(pixels, view, faded)
 
 
+def kept_mask(positions: list[int], meta: dict) -> np.ndarray:
+    """A stage's kept token positions -> bool [rows, cols] over the patch grid."""
+    rows, cols, _ = patch_grid(meta)
+    keep = np.zeros(rows * cols, bool)
+    keep[kept_patches(positions)] = True
+    return keep.reshape(rows, cols)
+
+
 def token_panels(view: np.ndarray, stage_positions: list[list[int]], meta: dict) -> list[np.ndarray]:
     """One panel per ATS stage: the view with that stage's dropped patches washed out."""
-    rows, cols, p = patch_grid(meta)
-    panels = []
-    for positions in stage_positions:
-        keep = np.zeros(rows * cols, bool)
-        keep[kept_patches(positions)] = True
-        panels.append(wash(view, keep.reshape(rows, cols), p))
-    return panels
+    p = patch_grid(meta)[2]
+    return [wash(view, kept_mask(positions, meta), p) for positions in stage_positions]
 
 
 def stop_panels(view: np.ndarray, kept_masks: np.ndarray, meta: dict) -> list[np.ndarray]:
@@ -66,18 +70,31 @@ def stop_panels(view: np.ndarray, kept_masks: np.ndarray, meta: dict) -> list[np
     return [wash(view, np.asarray(active, bool).reshape(rows, cols), p) for active in kept_masks]
 
 
-def _figure(panels: list[np.ndarray], titles: list[str], suptitle: str, columns: int, width: float):
+def _figure(panels: list[np.ndarray], titles: list[str], suptitle: str, columns: int, width: float,
+            outlines: list | None = None):
+    """Panels in a grid; ``outlines``: per panel a bool [rows, cols] patch mask whose border is
+    drawn (None: no outline)."""
     plt = pyplot()
     columns = max(1, min(columns, len(panels)))
     rows = math.ceil(len(panels) / columns)
     aspect = panels[0].shape[0] / panels[0].shape[1]
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * width, rows * (width * aspect + 0.55) + 0.5),
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * width, rows * (width * aspect + 0.5) + 0.4),
                              dpi=110, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, panel, title in zip(axes.flat, panels, titles):
+    outlines = outlines or [None] * len(panels)
+    for ax, panel, title, keep in zip(axes.flat, panels, titles, outlines):
         ax.imshow(panel, interpolation="nearest")
         ax.set_title(title, fontsize=8)
+        if keep is not None and keep.any() and not keep.all():
+            patch = panel.shape[0] // keep.shape[0]
+            # padded by a pixel of "not kept", so regions on the image's edge get a closed outline
+            pixels = np.pad(np.kron(keep.astype(np.float32), np.ones((patch, patch), np.float32)), 1)
+            h, w = pixels.shape
+            ax.contour(np.arange(-1, w - 1), np.arange(-1, h - 1), pixels, levels=[0.5], colors=OUTLINE,
+                       linewidths=0.9)
+            ax.set_xlim(-0.5, panel.shape[1] - 0.5)
+            ax.set_ylim(panel.shape[0] - 0.5, -0.5)
     fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     return fig, axes
@@ -97,7 +114,8 @@ def draw_tokens(image, pred: Prediction, meta: dict, k: int | None, folder: str 
             + ("\nRANDOM weights: these kept tokens are noise" if random else ""))
     folder = Path(folder)
     png, js = folder / f"{stem}_tokens.png", folder / f"{stem}_tokens.json"
-    fig, _ = _figure(panels, titles, head, 5, 2.3)
+    outlines = [None] + [kept_mask(pos, meta) for pos in pred.kept_positions]
+    fig, _ = _figure(panels, titles, head, 5, 2.3, outlines)
     save_figure(fig, png)
     write_json(js, {
         "schema": TOKEN_SCHEMA, "image": pred.source, "png": png.name, "model": meta.get("model"), "k": k,
@@ -124,7 +142,8 @@ def draw_stops(seg: Segmentation, meta: dict, xi: float | None, folder: str | Pa
     head = (f"{Path(seg.source).name}: {meta['model']} xi={xi} C={meta.get('max_keep')}"
             + (" (saturated: raise --max-keep)" if seg.saturated else "")
             + ("\nRANDOM weights: these stops are noise" if random else ""))
-    fig, axes = _figure(panels, titles, head, 2, 4.2)
+    outlines = [np.asarray(m, bool).reshape(rows, cols) for m in masks] + [None]
+    fig, axes = _figure(panels, titles, head, 2, 4.2, outlines)
     present = np.bincount(seg.class_map.ravel(), minlength=n_classes)
     order = [int(c) for c in np.argsort(-present, kind="stable") if present[c] > 0][:12]
     colours = palette(n_classes) / 255.0
