@@ -37,8 +37,8 @@ def stats(
                   f"{s['min']:.0f}-{s['max']:.0f}")
     out.print(t)
     g, m = report["gflops"], report["gmacs"]
-    out.print(f"GFLOPs per image on its own kept tokens: mean {g['mean']:.3f} (GMACs, papers' \"GFLOPs\": {m['mean']:.3f}), "
-              f"p10-p90 {g['p10']:.3f}-{g['p90']:.3f}; padded graph {g['padded']:.3f}, dense {g['dense']:.3f}",
+    out.print(f"GFLOPs per image on its own kept tokens: mean {g['mean']:.4g} (GMACs, papers' \"GFLOPs\": {m['mean']:.4g}), "
+              f"p10-p90 {g['p10']:.4g}-{g['p90']:.4g}; padded graph {g['padded']:.4g}, dense {g['dense']:.4g}",
               markup=False, highlight=False)
     if report["saturated"]:
         out.print(f"{report['saturated']} of {report['images']} images hit the capacity C={report['capacity']}: raise --max-keep")

@@ -100,11 +100,11 @@ def markdown(report: dict) -> str:
                      f"| {s['min']:.0f}-{s['max']:.0f} |")
     padded = "padded graph at K" if report["family"] == C.FAMILY_ATS else "padded graph at C"
     lines += ["", "| cost per image | GFLOPs | GMACs (papers' \"GFLOPs\") |", "|---|---:|---:|",
-              f"| own kept tokens: mean | {g['mean']:.3f} | {m['mean']:.3f} |",
-              f"| own kept tokens: median (p10-p90) | {g['median']:.3f} ({g['p10']:.3f}-{g['p90']:.3f}) | {m['median']:.3f} |",
-              f"| own kept tokens: min-max | {g['min']:.3f}-{g['max']:.3f} | {m['min']:.3f}-{m['max']:.3f} |",
-              f"| {padded} (what it computes) | {g['padded']:.3f} | {m['padded']:.3f} |",
-              f"| dense | {g['dense']:.3f} | {m['dense']:.3f} |"]
+              f"| own kept tokens: mean | {g['mean']:.4g} | {m['mean']:.4g} |",
+              f"| own kept tokens: median (p10-p90) | {g['median']:.4g} ({g['p10']:.4g}-{g['p90']:.4g}) | {m['median']:.4g} |",
+              f"| own kept tokens: min-max | {g['min']:.4g}-{g['max']:.4g} | {m['min']:.4g}-{m['max']:.4g} |",
+              f"| {padded} (what it computes) | {g['padded']:.4g} | {m['padded']:.4g} |",
+              f"| dense | {g['dense']:.4g} | {m['dense']:.4g} |"]
     return "\n".join(lines) + "\n"
 
 
@@ -132,8 +132,8 @@ def plot(report: dict, path: Path) -> Path:
         ax.tick_params(labelsize=7)
     ax, g = axes.flat[n - 1], report["gflops"]
     ax.hist([p["gflops"] for p in report["per_image"]], bins=20, color="tab:green")
-    ax.axvline(g["mean"], color="black", linestyle="--", linewidth=1, label=f"mean {g['mean']:.3f}")
-    ax.axvline(g["padded"], color="tab:red", linestyle=":", linewidth=1, label=f"padded {g['padded']:.3f}")
+    ax.axvline(g["mean"], color="black", linestyle="--", linewidth=1, label=f"mean {g['mean']:.4g}")
+    ax.axvline(g["padded"], color="tab:red", linestyle=":", linewidth=1, label=f"padded {g['padded']:.4g}")
     ax.set_title("GFLOPs per image (GMACs = /2)", fontsize=8)
     ax.legend(fontsize=6)
     ax.tick_params(labelsize=7)

@@ -30,7 +30,7 @@ def cells(r: dict, report: dict) -> list[str]:
         vs = f"{band['median']:.2f} ({band['p10']:.2f}-{band['p90']:.2f})" if band else "-"
         quick = "yes" if r.get("faster") else "no"
     return [str(r["k"]), f"{r['median_ms']:.2f}", f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f}", vs, quick,
-            f"{r['accuracy']:.4f} ({r['correct']}/{r['total']})", f"{r['gflops']:.3f}", f"{r['gmacs']:.3f}"]
+            f"{r['accuracy']:.4f} ({r['correct']}/{r['total']})", f"{r['gflops']:.4g}", f"{r['gmacs']:.4g}"]
 
 
 def chosen_line(report: dict) -> str:
