@@ -110,7 +110,7 @@ def draw_tokens(image, pred: Prediction, meta: dict, k: int | None, folder: str 
     titles = [f"input: {rows * cols} patches"] + [f"stage {i + 1} (block {blocks[i] if i < len(blocks) else '?'})\n"
                                                  f"K'={len(patches)}" for i, patches in enumerate(kept)]
     random = C.random_seed(meta.get("weights")) is not None
-    head = (f"{Path(pred.source).name}: {pred.label} ({pred.score:.2f}), {meta['model']} K={k}"
+    head = (f"{Path(pred.source).name}: {pred.label} ({pred.score:.3f}), {meta['model']} K={k}"
             + ("\nRANDOM weights: these kept tokens are noise" if random else ""))
     folder = Path(folder)
     png, js = folder / f"{stem}_tokens.png", folder / f"{stem}_tokens.json"
