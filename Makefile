@@ -20,9 +20,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	mkdir -p $(OUT)/samples
 	$(BIN)/python -c "from tscli.data.samples import write_samples; write_samples('$(OUT)/samples', 4)"
-	$(BIN)/tscli export deit_s_ats --max-k 120 -o $(OUT)/deit_s_ats.onnx
+	# Real ImageNet weights where the Hugging Face hub (or its cache) is reachable, else random ones.
+	$(BIN)/tscli export deit_s_ats --max-k 120 --pretrained -o $(OUT)/deit_s_ats.onnx || \
+	  { echo "demo: no pretrained weights here; exporting with random weights instead"; \
+	    $(BIN)/tscli export deit_s_ats --max-k 120 -o $(OUT)/deit_s_ats.onnx; }
 	$(BIN)/tscli inspect $(OUT)/deit_s_ats.onnx
-	$(BIN)/tscli run $(OUT)/deit_s_ats.onnx $(OUT)/samples --k 96
+	$(BIN)/tscli run $(OUT)/deit_s_ats.onnx $(OUT)/samples --k 96 --explain $(OUT)/tokens
 	$(BIN)/tscli parity $(OUT)/deit_s_ats.onnx --n 4 --k 120 --k 48
 
 test: $(STAMP)

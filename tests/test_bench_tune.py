@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -42,12 +44,14 @@ def digits(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("digits")
     counts = write_imagefolder(folder / "data")
-    trained = train_digits(folder / "digits.safetensors")
+    epochs, steps = [], []
+    trained = train_digits(folder / "digits.safetensors", progress=steps.append, on_epoch=epochs.append)
     files = {}
     for mode in ("padded", "trimmed"):
         files[mode] = export_onnx(ExportOptions("digits_ats", checkpoint=str(trained.path), mode=mode,
                                                 output=str(folder / f"digits_ats_{mode}.onnx"))).path
-    return {"folder": folder, "data": folder / "data", "counts": counts, "trained": trained, **files}
+    return {"folder": folder, "data": folder / "data", "counts": counts, "trained": trained, "epochs": epochs,
+            "steps": steps, **files}
 
 
 # ---------------------------------------------------------------- choice and profiles (pure logic)
@@ -75,6 +79,41 @@ def test_choose_by_max_drop_and_budget():
         choose(TABLE, 3.0, None)
     with pytest.raises(UsageError, match="either"):
         choose(TABLE, 5.0, 1.0)
+
+
+def _row(k: int, accuracy: float, samples: list[float]) -> dict:
+    ms = np.asarray(samples)
+    return {"k": k, "accuracy": accuracy, "median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
+            "p90_ms": float(np.percentile(ms, 90)), "samples_ms": samples}
+
+
+def test_a_k_is_only_faster_outside_the_spread():
+    """Per-round ratios decide, not medians: the digits case (medians 0.60-0.78 ms, p90 up to
+    17 ms, K=24 as slow as K=64) must not call K=24 faster; a K faster in every round is."""
+    from tscli.tools.tune import MIN_ROUNDS, faster, ratio_band
+
+    rng = np.random.default_rng(0)
+    base = 0.7 + 0.05 * rng.standard_normal(30)
+    spikes = np.where(rng.random(30) < 0.15, 15.0, 0.0)  # another process takes the core now and then
+    k64 = base + spikes
+    k24 = list(k64 * np.tile([0.9, 1.05], 15))  # 10 % faster in half the rounds, 5 % slower in the others
+    k8 = list(base * 0.8 + spikes)  # 20 % faster in every round (the spikes hit both alike)
+    k64 = list(k64)
+    rows = [_row(64, 0.95, k64), _row(24, 0.95, k24), _row(8, 0.949, k8)]
+    assert rows[1]["median_ms"] < rows[0]["median_ms"]  # the medians alone would call K=24 faster ...
+    assert not faster(rows[1], rows[0])  # ... its per-round ratios say it is not
+    assert faster(rows[2], rows[0]) and ratio_band(rows[2], rows[0])["median"] == pytest.approx(0.8)
+    k, objective = choose(rows, None, 1.0)
+    assert k == 8 and "K=8 is the fastest K within 1 points of K=64" in objective["reason"]
+    assert "0.80x the latency of K=64" in objective["reason"]
+    k, objective = choose(rows[:2], None, 1.0)
+    assert k == 64 and "no K within 1 points of K=64's accuracy 0.9500 was measurably faster" in objective["reason"]
+    few = [_row(64, 0.95, k64[:MIN_ROUNDS - 1]), _row(8, 0.95, k8[:MIN_ROUNDS - 1])]
+    assert choose(few, None, 1.0)[0] == 64  # too few rounds to call anything faster
+    k, objective = choose(rows, 1.0, None)
+    assert k in (64, 24) and "most accurate K whose median latency fits 1 ms" in objective["reason"]
+    assert "p90 is above the budget" in objective["reason"]
+    assert "{" not in objective["reason"]
 
 
 def test_bad_objective_is_refused_before_any_measurement(tmp_path):
@@ -232,20 +271,36 @@ def test_digits_model_is_trained_and_tune_writes_profile(digits, capsys):
     from tscli.tools.tune import SCHEMA, tune
 
     assert digits["counts"] == {"train": 1348, "val": 449}
+    # train-digits shows its progress: every epoch's loss and held-out top-1, the last one the result's
+    assert [e["epoch"] for e in digits["epochs"]] == list(range(1, 13)) and digits["steps"]
+    assert digits["epochs"][-1]["val_top1"] == pytest.approx(digits["trained"].val_accuracy)
+    assert digits["epochs"][-1]["loss"] < digits["epochs"][0]["loss"]
     store = digits["folder"] / "profiles.json"
-    report = tune(digits["padded"], digits["data"] / "val", k_grid=[64, 32, 16, 8, 4], runs=3, output=store)
+    report = tune(digits["padded"], digits["data"] / "val", k_grid=[64, 32, 16, 8, 4], runs=12, output=store)
     by_k = {r["k"]: r for r in report["table"]}
     with capsys.disabled():  # the measured accuracy curve, for the record
         print("\ndigits_ats val top-1 by K:", {k: round(r["accuracy"], 4) for k, r in sorted(by_k.items())})
+        print("chosen:", report["objective"]["reason"])
     assert report["schema"] == SCHEMA and report["accuracy_kind"] == "top1" and report["images"] == 449
     assert by_k[64]["accuracy"] > 0.8  # chance is 0.1: the model is trained
     assert by_k[64]["accuracy"] == pytest.approx(digits["trained"].val_accuracy, abs=0.01)  # same split, same K
-    assert by_k[4]["gflops"] < by_k[64]["gflops"]
+    assert by_k[4]["gflops"] < by_k[64]["gflops"] and by_k[4]["gmacs"] == pytest.approx(by_k[4]["gflops"] / 2)
+    for r in report["table"]:  # totals, and a band around every median
+        assert r["total"] == 449 and r["correct"] / r["total"] == pytest.approx(r["accuracy"])
+        assert r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] and len(r["samples_ms"]) == 12
+        assert r["faster"] == (r["k"] != 64 and r["vs_reference"]["p90"] < 1.0)
     assert report["chosen_k"] in by_k
     assert store.is_file() and store.with_suffix(".md").is_file() and store.with_suffix(".png").stat().st_size > 1000
-    assert f"chosen K = {report['chosen_k']}" in store.with_suffix(".md").read_text()
+    text = store.with_suffix(".md").read_text()
+    assert f"chosen K = {report['chosen_k']}: K=" in text and "p10-p90" in text and "(correct/total)" in text
+    assert "{'" not in text  # the objective reads as a sentence, not a dict
     runner = load(digits["padded"], k="auto", profiles=store)
     assert runner.k == report["chosen_k"] and runner.profile["fingerprint"]["cpu"] == P.cpu_model()
+    proc = subprocess.run([sys.executable, "-m", "tscli.cli", "run", str(digits["padded"]), str(digits["data"] / "val" / "3"),
+                           "--k", "auto", "--profiles", str(store)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: K={report['chosen_k']} from the device profile in {store}" in proc.stderr
+    assert report["objective"]["reason"][:40] in " ".join(proc.stderr.split())
     # The same store seen from another device: a clear refusal naming this device, not a guess.
     data = json.loads(store.read_text())
     data["profiles"][0]["fingerprint"]["cpu"] = "Some Other CPU"
@@ -255,6 +310,20 @@ def test_digits_model_is_trained_and_tune_writes_profile(digits, capsys):
         load(digits["padded"], k="auto", profiles=other)
     with pytest.raises(UsageError, match="does not exist"):
         load(digits["padded"], k="auto", profiles=digits["folder"] / "missing.json")
+
+
+def test_digits_stats_and_token_maps(digits, capsys):
+    """On a trained model K' varies per image (background patches score low): the stats and the
+    maps show it."""
+    from tscli.tools.stats import stats
+
+    report = stats(digits["padded"], digits["data"] / "val", k=16, output=digits["folder"] / "stats.md")
+    first = report["stages"][0]
+    with capsys.disabled():
+        print("\ndigits_ats K=16 mean K' per stage:", [round(s["mean"], 2) for s in report["stages"]],
+              "GFLOPs mean", round(report["gflops"]["mean"], 5), "padded", round(report["gflops"]["padded"], 5))
+    assert report["images"] == 449 and first["max"] <= 16 and first["min"] < first["max"]
+    assert report["gflops"]["min"] < report["gflops"]["max"] <= report["gflops"]["padded"] + 1e-12
 
 
 @pytest.mark.slow

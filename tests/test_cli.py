@@ -31,6 +31,11 @@ def tscli(*args, cwd=None):
     (["run", "m.onnx", "x.png", "--plugins", "p.so", "--backend", "ort-cuda"],
      "--plugins applies to the ort and trt backends; --backend is 'ort-cuda'"),
     (["digits", "out", "--size", "0"], "--size 0 is invalid"),
+    (["export", "tiny_ats", "--pretrained"], "no pretrained weights are known for 'tiny_ats'"),
+    (["export", "tiny_dovit", "--pretrained"], "'tiny_dovit' is a segmentation model"),
+    (["export", "deit_t_ats", "--pretrained", "nope"], "unknown --pretrained 'nope' for deit_t_ats; valid: fb_in1k"),
+    (["export", "deit_t_ats", "--pretrained", "--checkpoint", "x.pth"], "either --checkpoint or --pretrained"),
+    (["stats", "m.onnx", "--data", ".", "-o", "r.txt"], "-o 'r.txt' must end in .md"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
     proc = tscli(*args, cwd=tmp_path)

@@ -59,7 +59,7 @@ META_PREFIX = "tscli."
 META_KEYS = (
     "tool_version", "model", "family", "max_k", "stages", "scheme", "mode", "form", "input_size",
     "patch_size", "mean", "std", "crop_pct", "interpolation", "num_classes", "labels", "opset",
-    "weights", "dense_name", "embed_dim", "depth", "num_heads", "label_names",
+    "weights", "dense_name", "embed_dim", "depth", "num_heads", "label_names", "pretrained",
 )
 # Written in addition by segmentation exports (dovit / seg families).
 SEG_META_KEYS = ("max_keep", "xi", "merge", "grid")

@@ -18,8 +18,8 @@ from typer import (
 )
 
 from ..errors import TscliError, first_line
-from . import check_cmd, compare_cmd, data_cmd, device_cmd, export_cmd, run_cmd, speed_cmd
-from .common import err
+from . import check_cmd, compare_cmd, data_cmd, device_cmd, export_cmd, run_cmd, speed_cmd, stats_cmd
+from .common import complete_optional_values, err
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export token-sampling ViTs (ATS, DoViT) to ONNX / TensorRT and run them with a per-device K.")
@@ -44,6 +44,7 @@ app.command("digits")(data_cmd.digits_cmd)
 app.command("train-digits")(data_cmd.train_digits_cmd)
 app.command()(speed_cmd.tune)
 app.command()(compare_cmd.compare)
+app.command()(stats_cmd.stats)
 
 
 def _on_sigterm(signum, frame):
@@ -67,7 +68,7 @@ def main() -> None:
     try:
         # standalone_mode=False: errors come back here to be printed as one line. typer turns
         # Ctrl-C into Exit(130) and hands every Exit back as the return value.
-        code = command.main(standalone_mode=False)
+        code = command.main(args=complete_optional_values(sys.argv[1:]), standalone_mode=False)
     except typer_click.exceptions.ClickException as exc:  # usage: click's usual message, exit 2
         exc.show()
         _exit(exc.exit_code)

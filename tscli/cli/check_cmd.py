@@ -99,9 +99,11 @@ def inspect(file: Path = typer.Argument(..., help="Exported .onnx file."), as_js
             io.add_row(kind[:-1], t["name"], t["type"], str(t["shape"]))
     out.print(io)
     if info.get("gflops"):
-        flops = table("graph", "GFLOPs", title="analytic GFLOPs per image (linear layers + attention matmuls, 1 MAC = 2 FLOPs)")
+        flops = table("graph", "GFLOPs (1 MAC = 2 FLOPs)", 'GMACs (papers\' "GFLOPs")',
+                      title="analytic cost per image (linear layers + attention matmuls)")
         for graph, value in info["gflops"].items():
-            flops.add_row(graph + (" (padded upper bound)" if graph.startswith(("K=", "C=")) else ""), f"{value:.3f}")
+            flops.add_row(graph + (" (padded upper bound)" if graph.startswith(("K=", "C=")) else ""), f"{value:.3f}",
+                          f"{info['gmacs'][graph]:.3f}")
         out.print(flops)
     if "ops" in info:
         out.print("operators: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))

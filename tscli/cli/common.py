@@ -38,6 +38,22 @@ RateList = Annotated[Optional[List[str]], typer.Option(
                    "Default: the file's rate (and 0.5 for parity).")]
 
 
+# Options whose value may be left out: a bare `--pretrained` means `--pretrained default`. typer
+# has no optional-value options, so main() completes a bare one before parsing (a value must then
+# follow the model name, or be given as --pretrained=TAG).
+OPTIONAL_VALUES = {"--pretrained": "default"}
+
+
+def complete_optional_values(argv: list[str]) -> list[str]:
+    """argv with the default value inserted after every bare optional-value option."""
+    done = []
+    for i, arg in enumerate(argv):
+        done.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            done.append(OPTIONAL_VALUES[arg])
+    return done
+
+
 def status(message: str):
     """A spinner on stderr while a slow step runs; its text follows the library's progress."""
     return err.status(message, spinner="dots")

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import UsageError
+from ..runtime.runner import describe_weights
 from .common import optional_str, out, parse_rate, status, table, yes_no
 
 
@@ -16,6 +17,9 @@ def export(
     max_k: Optional[int] = typer.Option(None, "--max-k", help="Largest K the file will accept (ATS). Default: all patches."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (default: MODEL.onnx)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="timm/DeiT state_dict (.pth/.bin/.safetensors)."),
+    pretrained: Optional[str] = typer.Option(
+        None, "--pretrained", metavar="[TAG]", help="ImageNet weights through timm's hub loading (safetensors only; the "
+        "Hugging Face cache first): a bare --pretrained takes the DeiT weights (fb_in1k), a TAG another fitting set."),
     stages: Optional[str] = typer.Option(None, "--stages", help="ATS blocks, e.g. 3-11 (default) or 3,6,9."),
     sampling: Optional[str] = typer.Option(None, "--sampling", help="ATS picking: paper | official | topk (default: the model's; paper for ATS)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
@@ -39,10 +43,13 @@ def export(
         raise UsageError(f"--rate/--max-rate apply to DynamicViT / EViT models; {model!r} is not one")
     if is_reduction_model(model):
         if max_k is not None or stages is not None or sampling is not None or form != "plain" or mode != "padded" \
-                or max_keep is not None or input_size is not None or xi is not None or r is not None:
+                or max_keep is not None or input_size is not None or xi is not None or r is not None or pretrained is not None:
             raise UsageError(f"{model!r} is a DynamicViT / EViT model: of the model options only --rate/--max-rate apply")
         result = _export_reduction(model, rate, max_rate, output, checkpoint, opset, seed, no_validate)
     elif is_segmentation_model(model):
+        if pretrained is not None:
+            raise UsageError(f"--pretrained loads ImageNet classification weights; {model!r} is a segmentation model "
+                             "(its decoder has no pretrained weights here): pass a segmentation checkpoint with --checkpoint")
         if max_k is not None or stages is not None or sampling is not None or form != "plain" or mode != "padded" or r is not None:
             raise UsageError(f"--max-k/--stages/--sampling/--form/--mode apply to ATS models, --r to ToMe models; {model!r} is a segmentation model "
                              "(use --max-keep/--input-size/--xi)")
@@ -58,13 +65,14 @@ def export(
         if max_keep is not None or input_size is not None or xi is not None:
             raise UsageError(f"--max-keep/--input-size/--xi apply to segmentation models (dovit, seg); {model!r} is not one")
         opts = ExportOptions(model, max_k, optional_str(output), optional_str(checkpoint), stages, sampling, opset, form,
-                             seed, not no_validate, mode, r, optional_str(images))
+                             seed, not no_validate, mode, r, optional_str(images), pretrained)
         with status("exporting") as spinner:
             result = export_onnx(opts, progress=lambda msg: spinner.update(msg))
         meta = result.metadata
         budget = f"r={meta['r']} (per block {meta['merge_r']})" if "r" in meta else f"max_k={meta['max_k']}"
         out.print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {meta['model']}, "
                   f"{budget}, stages={meta['stages'] or '-'}, scheme={meta['scheme']}, form={meta['form']}")
+    out.print(f"weights: {describe_weights(result.metadata)}", markup=False, highlight=False)
     warnings = [f for f in result.lint.findings if f.level == "warning"]
     out.print(f"lint: ok ({len(warnings)} warnings)" + "".join(f"\n  {w}" for w in warnings))
     if result.validation is not None:

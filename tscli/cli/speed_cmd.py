@@ -133,7 +133,8 @@ def tune(
     k_grid: str = typer.Option("", "--k-grid", help="K values, comma list (default: 8 fractions of max_k)."),
     batch: int = typer.Option(1, "--batch", help="Batch size of the latency measurement."),
     threads: Threads = None,
-    runs: int = typer.Option(10, "--runs", help="Interleaved latency rounds."),
+    runs: int = typer.Option(30, "--runs", help="Interleaved latency rounds (a K is called faster only when the p10-p90 band "
+                                                "of its per-round latency ratios is below 1; at least 5 rounds)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most N images (a fixed subset)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Profile store (default: MODEL.profiles.json next to the file); .md and .png go beside it."),
     as_json: JsonFlag = False,
@@ -147,11 +148,16 @@ def tune(
                           runs, 2, limit, output, progress=lambda msg: spinner.update(msg), plugins=plugins)
     if as_json:
         return print_json(report)
-    t = table("K", "median ms", "p90 ms", "accuracy" if report["accuracy_kind"] == "top1" else "agreement", "GFLOPs",
-              title=f"tune {report['model']}: batch {report['batch']}, {report['images']} images, {report['fingerprint']['cpu']}")
+    from ..tools.tune_report import cells, chosen_line, columns
+
+    t = table(*columns(report), title=f"tune {report['model']}: batch {report['batch']}, {report['images']} images, "
+                                      f"{report['runs']} interleaved rounds, {report['fingerprint']['cpu']}")
     for r in report["table"]:
-        t.add_row(f"[bold green]{r['k']} <-[/]" if r["k"] == report["chosen_k"] else str(r["k"]), f"{r['median_ms']:.2f}",
-                  f"{r['p90_ms']:.2f}", f"{r['accuracy']:.4f}", f"{r['gflops']:.4f}")
-    out.print(t)
-    out.print(f"chosen K={report['chosen_k']} ({report['objective']}); profile -> {report['profile_store']}, "
-              f"table -> {report['markdown']}, plot -> {report['plot'] or 'skipped (pip install matplotlib)'}")
+        row = cells(r, report)
+        if r["k"] == report["chosen_k"]:
+            row[0] = f"[bold green]{row[0]} <-[/]"
+        t.add_row(*row)
+    out.print(t, width=max(out.width, 120))
+    out.print(chosen_line(report), markup=False, highlight=False)
+    out.print(f"profile -> {report['profile_store']}, table -> {report['markdown']}, "
+              f"plot -> {report['plot'] or 'skipped (pip install matplotlib)'}", markup=False, highlight=False)

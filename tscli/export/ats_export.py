@@ -23,6 +23,7 @@ from ..models.ats import ExportWrapper
 from ..models.catalog import get_config
 from ..models.factory import BuiltModel, build_model
 from ..models.labels import label_names
+from ..models.pretrained import resolve as resolve_pretrained
 from ..models.registry import parse_stages
 from ..models.tome import ToMeExportWrapper
 from .exporter import Validator, check_opset, check_seed, run_exporter, stamp, write_checked
@@ -48,6 +49,7 @@ class ExportOptions:
     mode: str = "padded"
     r: int | None = None  # ToMe: tokens merged per block (None: the variant's own)
     validate_images: str | None = None  # folder of images for the post-export check (default: samples)
+    pretrained: str | None = None  # --pretrained TAG: timm's hub weights (models/pretrained.py); "default" = the first
 
 
 @dataclass
@@ -83,6 +85,10 @@ def resolve_options(opts: ExportOptions):
     check_opset(opts.opset)
     check_seed(opts.seed)
     cfg = get_config(opts.model, **overrides)
+    if opts.pretrained is not None:  # a bad tag or a model without hub weights is known before the slow part
+        if opts.checkpoint:
+            raise UsageError("give either --checkpoint or --pretrained, not both")
+        resolve_pretrained(cfg, opts.pretrained)
     max_k = opts.max_k
     if cfg.family == "ats":
         max_k = cfg.max_k_limit if max_k is None else max_k
@@ -118,7 +124,7 @@ def metadata_for(built: BuiltModel, max_k: int | None, opts: ExportOptions) -> d
         "mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
         "num_classes": cfg.num_classes, "labels": cfg.labels, "opset": opts.opset, "weights": built.weights,
         "dense_name": cfg.dense_name, "embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
-        "label_names": label_names(cfg.labels, cfg.num_classes),
+        "label_names": label_names(cfg.labels, cfg.num_classes), "pretrained": built.pretrained,
     }
 
 
@@ -159,8 +165,9 @@ def export_ats(opts: ExportOptions, validate: Callable[[str, BuiltModel, dict], 
     ONNX Runtime vs PyTorch comparison)."""
     cfg, max_k = resolve_options(opts)
     out = check_output_file(opts.output or f"{cfg.name}.onnx", inputs=[opts.checkpoint])
-    progress(f"building {cfg.name} ({'checkpoint' if opts.checkpoint else 'random weights'})")
-    built = build_model(cfg, checkpoint=opts.checkpoint, seed=opts.seed)
+    source = "checkpoint" if opts.checkpoint else "pretrained weights" if opts.pretrained is not None else "random weights"
+    progress(f"building {cfg.name} ({source})")
+    built = build_model(cfg, checkpoint=opts.checkpoint, seed=opts.seed, pretrained=opts.pretrained)
     progress("tracing and converting to ONNX")
     model = _torch_export(built, max_k, opts.opset, opts.mode, opts.form)
     if cfg.family == C.FAMILY_ATS and opts.form == "plugin":

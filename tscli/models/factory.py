@@ -1,20 +1,22 @@
-"""Config -> torch module. Random init (seeded, so parity can rebuild the same weights) or a checkpoint."""
+"""Config -> torch module. Random init (seeded, so parity can rebuild the same weights), a
+checkpoint, or timm's pretrained weights (models/pretrained.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from .. import contract as C
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 from .ats import ATSVisionTransformer
 from .catalog import get_config
 from .checkpoints import load_into
 from .dovit import build_segvit
 from .dynamicvit import DynamicViT
 from .evit import EViT
+from .pretrained import load_pretrained_weights
 from .registry import ViTConfig
 from .tome import ToMeVisionTransformer
 
@@ -23,7 +25,8 @@ from .tome import ToMeVisionTransformer
 class BuiltModel:
     config: ViTConfig
     module: torch.nn.Module
-    weights: str  # contract.random_weights(seed) or "sha256:<hex>" of the checkpoint
+    weights: str  # contract.random_weights(seed) or "sha256:<hex>" of the checkpoint / pretrained file
+    pretrained: dict | None = None  # PretrainedWeights.record(): which hub weights, at which revision
 
 
 def vit_kwargs(cfg: ViTConfig) -> dict:
@@ -46,16 +49,25 @@ BUILDERS: dict = {
 }
 
 
-def build_model(cfg: ViTConfig, checkpoint: str | None = None, seed: int = 0) -> BuiltModel:
+def build_model(cfg: ViTConfig, checkpoint: str | None = None, seed: int = 0, pretrained: str | None = None,
+                revision: str | None = None) -> BuiltModel:
+    """``pretrained``: a --pretrained tag (models/pretrained.py), loaded from the hub snapshot
+    ``revision`` (default: the cached main); the config then takes the weights' preprocessing."""
     torch.manual_seed(seed)
     if cfg.family not in BUILDERS:
         raise ValueError(f"no builder for family {cfg.family!r}; known: {', '.join(BUILDERS)}")
+    if checkpoint and pretrained is not None:
+        raise UsageError("give either --checkpoint or --pretrained, not both")
     module = BUILDERS[cfg.family](cfg)
-    weights = C.random_weights(seed)
+    weights, record = C.random_weights(seed), None
     if checkpoint:
         weights = "sha256:" + load_into(module, checkpoint, cfg.name)
+    elif pretrained is not None:
+        loaded = load_pretrained_weights(module, cfg, pretrained, revision)
+        weights, record = "sha256:" + loaded.sha256, loaded.record()
+        cfg = replace(cfg, **loaded.preprocessing)
     module.eval()
-    return BuiltModel(cfg, module, weights)
+    return BuiltModel(cfg, module, weights, record)
 
 
 def build_from_metadata(meta: dict, checkpoint: str | None = None) -> BuiltModel:
@@ -72,6 +84,15 @@ def build_from_metadata(meta: dict, checkpoint: str | None = None) -> BuiltModel
         if checkpoint:
             raise CheckpointError(f"this file was exported with random weights ({weights}); drop --checkpoint")
         return build_model(cfg, seed=seed)
+    record = meta.get("pretrained")
+    if isinstance(record, dict) and record.get("name") and not checkpoint:
+        # The same hub weights at the same snapshot, from the cache (no network needed once cached).
+        built = build_model(cfg, pretrained=str(record["name"]), revision=record.get("revision"))
+        if built.weights != weights:
+            raise CheckpointError(f"the cached pretrained weights {record['name']} (sha256 {built.weights[7:19]}...) are "
+                                  f"not the ones this file was exported from (sha256 {weights[7:19]}...); "
+                                  "pass the original file with --checkpoint")
+        return built
     if not checkpoint:
         raise CheckpointError(f"this file was exported from a checkpoint ({weights[:19]}...); pass it with --checkpoint")
     built = build_model(cfg, checkpoint=checkpoint)

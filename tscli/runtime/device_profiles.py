@@ -8,7 +8,8 @@ Store: a JSON file, by default next to the model: ``deit_s_ats.onnx`` -> ``deit_
      "profiles": [{"fingerprint": {"cpu", "gpu", "backend", "provider", "onnxruntime", "numpy"},
                    "model": {"model", "weights", "max_k", "mode"},
                    "chosen_k": int, "batch": int, "objective": {...}, "accuracy_kind": ...,
-                   "table": [{"k", "median_ms", "p90_ms", "accuracy", "gflops"}, ...],
+                   "table": [{"k", "median_ms", "p10_ms", "p90_ms", "accuracy", "correct", "total",
+                              "gflops", ...}, ...],   # objective["reason"]: why chosen_k
                    "created": ISO time}, ...]}
 
 A profile matches this device when cpu, gpu, backend and provider are equal (library versions are
@@ -73,6 +74,20 @@ def fingerprint(backend: str, provider: str | None) -> dict:
 
 def describe(fp: dict) -> str:
     return ", ".join(f"{k}={fp.get(k)}" for k in MATCH_KEYS)
+
+
+def describe_choice(profile: dict) -> str:
+    """Why the profile's K was chosen, in words (``tscli tune`` writes the reason; older profiles
+    only have their objective)."""
+    objective = profile.get("objective") or {}
+    if objective.get("reason"):
+        return str(objective["reason"])
+    if "budget_ms" in objective:
+        return f"the most accurate K whose median latency fit {objective['budget_ms']:g} ms"
+    if "max_drop_points" in objective:
+        return (f"the fastest K within {objective['max_drop_points']:g} accuracy points of K={objective.get('reference_k')}"
+                " (medians only: tuned before spreads were measured)")
+    return "no reason recorded"
 
 
 def default_store(model_path: str | Path) -> Path:

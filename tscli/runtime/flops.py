@@ -6,8 +6,9 @@ What is counted, per image, with one multiply-add = 2 FLOPs:
 - the two attention matmuls, Q K^T and A V.
 Not counted: biases, layer norms, softmax, GELU, residual adds, the ATS scoring (||v||, sums)
 and the sampling itself (sort/CDF/picking), which are all O(T) or O(T^2) without a factor D and
-are small next to the matmuls. Note that papers usually quote multiply-adds as "FLOPs" (DeiT-S:
-4.6 G); on this scale DeiT-S is 9.2 GFLOPs.
+are small next to the matmuls. Papers usually quote multiply-adds as "FLOPs" (DeiT-S: 4.6 G);
+on this scale DeiT-S is 9.2 GFLOPs, so every table shows both, labelled: GFLOPs (2 per
+multiply-add) and GMACs (= the papers' "GFLOPs").
 
 Graphs (docs/design.md, ATS; T = patches + 1 tokens, S = K + 1 slots):
 - dense: every block on T tokens.
@@ -35,6 +36,7 @@ from typing import Sequence
 from ..contract import FAMILY_TOME
 
 MLP_RATIO = 4.0  # every registered variant (timm's default); not in the metadata
+FLOPS_PER_MAC = 2  # GMACs = GFLOPs / 2: the unit papers call "GFLOPs"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
-"""Image preprocessing from the model's metadata (timm eval transform): resize the shorter side
-to size / crop_pct, centre-crop, scale to [0, 1], normalise by mean/std, NCHW float32.
+"""Image preprocessing from the model's metadata (timm eval transform): resize, aspect kept, to
+the smallest size covering the input size / crop_pct (for a square input: the shorter side to
+size / crop_pct; a 2:1 segmentation input takes a 2:1 photo whole), centre-crop, scale to [0, 1],
+normalise by mean/std, NCHW float32.
 
 What happens to images that are not plain 8-bit RGB (the same rules for files, PIL images and
 arrays):
@@ -79,18 +81,28 @@ def to_pil(image):
     raise InputError(f"unsupported image type {type(image).__name__}; give a path, a PIL image or a uint8 array")
 
 
-def preprocess(images, meta: dict) -> np.ndarray:
-    """List of paths / PIL images / uint8 arrays -> float32 [B, 3, H, W]."""
+def resized_size(size: tuple[int, int], meta: dict) -> tuple[int, int]:
+    """The (width, height) an image of ``size`` is resized to before the centre crop: the smallest
+    that covers the input size / crop_pct, aspect kept (for a square input: the shorter side to
+    size / crop_pct, timm's eval transform). Larger than the input size on a side = cropped there."""
     _, height, width = meta["input_size"]
-    crop_pct = float(meta.get("crop_pct", 1.0))
+    scale = max(height / size[1], width / size[0]) / float(meta.get("crop_pct", 1.0))
+    return max(width, round(size[0] * scale)), max(height, round(size[1] * scale))
+
+
+def preprocess(images, meta: dict, sizes: list | None = None) -> np.ndarray:
+    """List of paths / PIL images / uint8 arrays -> float32 [B, 3, H, W]. ``sizes``, when given,
+    receives each image's own (width, height) (to tell the user what the crop cut)."""
+    _, height, width = meta["input_size"]
     resample = _RESAMPLE.get(meta.get("interpolation", "bicubic"), 3)
     mean = np.asarray(meta["mean"], np.float32).reshape(3, 1, 1)
     std = np.asarray(meta["std"], np.float32).reshape(3, 1, 1)
     out = []
     for image in images:
         im = to_pil(image)
-        scale = max(height, width) / crop_pct / min(im.size)
-        size = (max(width, round(im.size[0] * scale)), max(height, round(im.size[1] * scale)))
+        if sizes is not None:
+            sizes.append(im.size)
+        size = resized_size(im.size, meta)
         im = im.resize(size, resample=resample)
         left, top = (size[0] - width) // 2, (size[1] - height) // 2
         im = im.crop((left, top, left + width, top + height))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,30 @@ class Prediction:
     score: float
     top5: list[tuple[int, str, float]] = field(default_factory=list)
     kept_counts: list[int] = field(default_factory=list)
+    # per stage, the token positions kept (0 = CLS, 1 + row * grid_width + col = a patch), ascending
+    kept_positions: list[list[int]] = field(default_factory=list)
+
+
+class RandomWeightsWarning(UserWarning):
+    """The file was exported with random weights: its predictions and kept tokens are noise."""
+
+
+def describe_weights(meta: dict) -> str:
+    """Where a file's weights came from, in words (export, run and predict say it)."""
+    weights = str(meta.get("weights") or "")
+    if C.random_seed(weights) is not None:
+        return (f"RANDOM, {weights}: predictions and kept tokens are noise; export with --pretrained or "
+                "--checkpoint FILE for a real model")
+    record = meta.get("pretrained")
+    if isinstance(record, dict) and record.get("name"):
+        return f"pretrained {record['name']} ({weights[:19]}...)"
+    return f"checkpoint ({weights[:19]}...)" if weights else "unknown (no weights recorded)"
+
+
+def kept_positions(positions: np.ndarray) -> list[list[int]]:
+    """One image's kept_positions output [stages, slots] -> the kept positions of each stage
+    (padding, -1, left out; a padded graph keeps tokens in their slots, so they are sorted here)."""
+    return [sorted(int(p) for p in row if p >= 0) for row in positions]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -37,6 +62,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 class Runner:
     profile: dict | None = None  # set by load(k="auto"): the device profile K came from
+    _warned_random = False
 
     def __init__(self, backend, k: int | None = None, xi: float | None = None, rate: float | None = None):
         self.backend = backend
@@ -108,6 +134,10 @@ class Runner:
         return self.backend.provider
 
     @property
+    def random_weights(self) -> bool:
+        return C.random_seed(self.meta.get("weights")) is not None
+
+    @property
     def label_names(self) -> list[str] | None:
         names = self.meta.get("label_names")
         return names if isinstance(names, list) else None
@@ -145,15 +175,20 @@ class Runner:
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise UsageError(f"topk={topk!r} is invalid; give a number of classes >= 1")
+        if self.random_weights and not self._warned_random:
+            self._warned_random = True
+            warnings.warn(f"{self.meta['model']}: weights {describe_weights(self.meta)}", RandomWeightsWarning, stacklevel=2)
         out = self.infer(preprocess(images, self.meta))
         probs = _softmax(out[C.OUTPUT_LOGITS].astype(np.float64))
+        positions = out.get(C.OUTPUT_POSITIONS)
         names = self.label_names
         preds = []
         for i, image in enumerate(images):
             order = np.argsort(-probs[i], kind="stable")[:topk]
             top = [(int(j), names[j] if names else str(int(j)), float(probs[i, j])) for j in order]
             source = str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__} #{i}>"
-            preds.append(Prediction(source, top[0][0], top[0][1], top[0][2], top, out[C.OUTPUT_COUNTS][i].tolist()))
+            kept = kept_positions(positions[i]) if positions is not None else []
+            preds.append(Prediction(source, top[0][0], top[0][1], top[0][2], top, out[C.OUTPUT_COUNTS][i].tolist(), kept))
         return preds
 
 

@@ -15,7 +15,7 @@ from .. import contract as C
 from ..errors import InputError
 from ..files import atomic_path
 from .flops import arch_from_meta, block_flops
-from .preprocess import preprocess
+from .preprocess import preprocess, resized_size
 
 
 @dataclass
@@ -27,6 +27,9 @@ class Segmentation:
     saturated: bool = False
     kept_fraction: float = 1.0  # tokens still active after the last decision / patches
     gflops: float | None = None  # token-pass equivalent for this image's kept counts
+    kept_masks: np.ndarray | None = None  # [decisions, patches] bool: patch tokens still active (DoViT)
+    source_size: tuple[int, int] | None = None  # the image's own (width, height)
+    cropped: bool = False  # the centre crop cut part of the image (its aspect differs from the input's)
 
 
 def palette(n: int) -> np.ndarray:
@@ -45,7 +48,7 @@ def overlay(view: np.ndarray, class_map: np.ndarray, n_classes: int, alpha: floa
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
 
 
-def _view(x: np.ndarray, meta: dict) -> np.ndarray:
+def input_view(x: np.ndarray, meta: dict) -> np.ndarray:
     """Undo the normalisation of one preprocessed image [3, H, W] -> uint8 [H, W, 3]."""
     mean = np.asarray(meta["mean"], np.float32).reshape(3, 1, 1)
     std = np.asarray(meta["std"], np.float32).reshape(3, 1, 1)
@@ -58,8 +61,10 @@ def segment(runner, images) -> list[Segmentation]:
     if not C.is_segmentation(meta):
         raise InputError(f"{meta.get('model')} is a {meta.get('family')} model, not a segmentation model")
     images = list(images) if isinstance(images, (list, tuple)) else [images]
-    x = preprocess(images, meta)
+    sizes: list = []
+    x = preprocess(images, meta, sizes)
     out = runner.infer(x)
+    target = (int(meta["input_size"][2]), int(meta["input_size"][1]))
     class_maps = out[C.OUTPUT_SEG].argmax(axis=1).astype(np.int32)
     patches = int(np.prod(meta.get("grid") or [1]))
     results = []
@@ -67,9 +72,11 @@ def segment(runner, images) -> list[Segmentation]:
         counts = [int(c) for c in out[C.OUTPUT_COUNTS][i]] if out[C.OUTPUT_COUNTS].size else []
         source = str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__} #{i}>"
         saturated = bool(out[C.OUTPUT_SATURATED][i]) if C.OUTPUT_SATURATED in out else False
+        masks = out[C.OUTPUT_KEEP_MASKS][i].astype(bool) if C.OUTPUT_KEEP_MASKS in out else None
         results.append(Segmentation(
-            source, class_maps[i], _view(x[i], meta), counts, saturated,
-            counts[-1] / patches if counts else 1.0, seg_gflops(meta, counts or None),
+            source, class_maps[i], input_view(x[i], meta), counts, saturated,
+            counts[-1] / patches if counts else 1.0, seg_gflops(meta, counts or None), masks,
+            tuple(sizes[i]), resized_size(sizes[i], meta) != target,
         ))
     return results
 

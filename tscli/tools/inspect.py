@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import contract as C
 from ..errors import ModelFileError
-from ..runtime.flops import arch_from_meta, dense_flops, padded_flops, reduction_flops, tome_flops
+from ..runtime.flops import FLOPS_PER_MAC, arch_from_meta, dense_flops, padded_flops, reduction_flops, tome_flops
 from ..runtime.ort.session import OrtBackend
 from ..runtime.segmentation import seg_gflops_table
 
@@ -29,6 +29,8 @@ def inspect_file(path: str | Path) -> dict:
         info["gflops"] = seg_gflops_table(meta)
     else:
         info["gflops"] = gflops_table(meta)
+    # papers quote multiply-adds as "GFLOPs" (DeiT-S 4.6): both, so the numbers compare either way
+    info["gmacs"] = {graph: value / FLOPS_PER_MAC for graph, value in info["gflops"].items()}
     if importlib.util.find_spec("onnx") is not None:
         import onnx
 

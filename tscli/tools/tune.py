@@ -2,20 +2,33 @@
 
 Accuracy: top-1 against the folder's labels when it is an ImageFolder (class sub-folders; a class
 maps to the model's class of the same name when the file has label names, else by sorted
-position), otherwise agreement of the top-1 with the max_k output. Latency: median and p90 of
-``runs`` interleaved rounds (every K once per round, rotating order) on ``batch`` images, each K
-in its own session with K pinned, as ``runtime.load`` runs it.
+position), otherwise agreement of the top-1 with the max_k output; the totals (correct / images)
+are kept beside the fraction. Latency: ``runs`` interleaved rounds (every K once per round,
+rotating order) on ``batch`` images, each K in its own session with K pinned, as
+``runtime.load`` runs it; per K the median and its p10-p90 band.
 
-Choice: with ``budget_ms``, the most accurate K whose median latency fits (ties: the faster);
-with ``max_drop`` (percentage points of accuracy below the max_k accuracy; 1.0 by default), the
-fastest K that stays within it. A budget no K meets is an error that names the fastest K.
+What "faster" means: rounds are interleaved, so each round gives a paired ratio between two K
+(latency of one over the other, measured moments apart). A K is only called faster than another
+when the p10-p90 band of those per-round ratios lies wholly below 1 (it was faster in at least
+90 % of the rounds), with at least MIN_ROUNDS rounds; a difference of medians inside the noise
+is not a speed-up. Each row says whether its K is faster than the grid's largest K.
 
-Outputs: the profile (runtime/device_profiles.py; merged into the store), ``<stem>.md`` (the table) and
-``<stem>.png`` (accuracy and latency vs K) next to the store. JSON report schema ``tscli.tune/1``:
+Choice: with ``budget_ms``, the most accurate K whose median latency fits (ties: the lower
+median). With ``max_drop`` (percentage points of accuracy below the max_k accuracy; 1.0 by
+default): among the K within the drop, those measurably faster than the largest of them; of
+these, the fastest, or a more accurate one that the fastest is not measurably faster than; when
+none is measurably faster, the largest K within the drop is kept. A budget no K meets is an
+error that names the fastest K. The reason for the choice is a sentence in the report and the
+profile (``run --k auto`` repeats it).
+
+Outputs: the profile (runtime/device_profiles.py; merged into the store), ``<stem>.md`` (the
+table) and ``<stem>.png`` (accuracy and latency bands vs K, the budget or max-drop line, the
+chosen K) next to the store. JSON report schema ``tscli.tune/2``:
 {"schema", "file", "model", "data", "labels", "images", "batch", "runs", "fingerprint",
- "objective", "chosen_k", "accuracy_kind", "table": [{"k", "median_ms", "p90_ms", "accuracy",
- "gflops"}], "plugins", "profile_store", "markdown", "plot"}; "plugins" is the ORT op library a
-plugin-form file was timed with, or null.
+ "objective" (with "reason"), "chosen_k", "accuracy_kind", "reference_k", "table": [{"k",
+ "median_ms", "p10_ms", "p90_ms", "samples_ms", "vs_reference": {"k", "median", "p10", "p90"},
+ "faster", "accuracy", "correct", "total", "gflops", "gmacs"}], "plugins", "profile_store",
+ "markdown", "plot"}; "plugins" is the ORT op library a plugin-form file was timed with, or null.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ import numpy as np
 
 from .. import contract as C
 from ..data.digits import read_imagefolder
-from ..errors import InputError, UsageError, require
+from ..errors import InputError, UsageError
 from ..files import atomic_path, check_output_file
 from ..runtime import device_profiles as P
 from ..runtime import flops as F
@@ -37,8 +50,10 @@ from ..runtime.images import images_in
 from ..runtime.ort.session import OrtBackend
 from ..runtime.preprocess import preprocess
 from .timing import interleaved
+from .tune_report import markdown, plot
 
-SCHEMA = "tscli.tune/1"
+SCHEMA = "tscli.tune/2"
+MIN_ROUNDS = 5  # fewer interleaved rounds than this: no K is called faster than another
 LABEL_MODES = ("auto", "ImageFolder", "none")
 EVAL_BATCH = 64  # images per inference when measuring accuracy (not the latency batch)
 
@@ -109,9 +124,40 @@ def check_objective(budget_ms: float | None, max_drop: float | None) -> None:
         raise UsageError(f"--max-drop {max_drop} must be >= 0 (percentage points of accuracy)")
 
 
+def ratio_band(a: dict, b: dict) -> dict | None:
+    """Per-round latency ratios a / b (the rounds are interleaved, so each pair was measured moments
+    apart): their median and p10-p90 band, or None without paired samples."""
+    sa, sb = a.get("samples_ms"), b.get("samples_ms")
+    if not sa or not sb or len(sa) != len(sb):
+        return None
+    r = np.asarray(sa, np.float64) / np.asarray(sb, np.float64)
+    return {"k": int(b["k"]), "median": float(np.median(r)), "p10": float(np.percentile(r, 10)),
+            "p90": float(np.percentile(r, 90))}
+
+
+def faster(a: dict, b: dict) -> bool:
+    """Is K=a measurably faster than K=b? With paired samples: at least MIN_ROUNDS rounds and the
+    p10-p90 band of the per-round ratios a/b wholly below 1. Rows without samples (a table written
+    by hand) compare their medians."""
+    band = ratio_band(a, b)
+    if band is None:
+        return a["median_ms"] < b["median_ms"]
+    return len(a["samples_ms"]) >= MIN_ROUNDS and band["p90"] < 1.0
+
+
+def _timing(r: dict) -> str:
+    band = f" (p10-p90 {r['p10_ms']:.2f}-{r['p90_ms']:.2f})" if "p10_ms" in r else ""
+    return f"{r['median_ms']:.2f} ms{band}"
+
+
+def _acc(r: dict) -> str:
+    return f"{r['accuracy']:.4f}" + (f" ({r['correct']}/{r['total']})" if "correct" in r else "")
+
+
 def choose(table: list[dict], budget_ms: float | None, max_drop: float | None,
            reference: dict | None = None) -> tuple[int, dict]:
-    """Pick K from the measured table (rows with k, median_ms, accuracy). Pure logic, tested.
+    """Pick K from the measured table (rows with k, median_ms, accuracy, and samples_ms per round
+    when measured). Pure logic, tested. -> (K, objective with a readable "reason").
 
     ``reference`` ({"k", "accuracy"}): what --max-drop is measured from, the file's max_k;
     without it, the table's largest K."""
@@ -123,7 +169,11 @@ def choose(table: list[dict], budget_ms: float | None, max_drop: float | None,
             raise UsageError(f"no K meets --budget-ms {budget_ms:g}: the fastest, K={fastest['k']}, takes "
                              f"{fastest['median_ms']:.2f} ms on this device; raise the budget or use a smaller batch")
         best = max(fits, key=lambda r: (r["accuracy"], -r["median_ms"]))
-        return int(best["k"]), {"budget_ms": budget_ms}
+        reason = (f"K={best['k']} is the most accurate K whose median latency fits {budget_ms:g} ms: accuracy {_acc(best)}, "
+                  f"{_timing(best)}")
+        if best.get("p90_ms", 0.0) > budget_ms:
+            reason += "; its p90 is above the budget, so about 1 run in 10 takes longer"
+        return int(best["k"]), {"budget_ms": budget_ms, "reason": reason}
     drop = 1.0 if max_drop is None else max_drop
     top = reference or max(table, key=lambda r: r["k"])
     ok = [r for r in table if r["accuracy"] >= top["accuracy"] - drop / 100.0 - 1e-12]
@@ -132,12 +182,28 @@ def choose(table: list[dict], budget_ms: float | None, max_drop: float | None,
         raise UsageError(f"no K in the grid stays within --max-drop {drop:g} points of K={top['k']} "
                          f"({top['accuracy']:.4f}); the most accurate, K={best['k']}, reaches {best['accuracy']:.4f}: "
                          "add larger K to --k-grid or allow a larger drop")
-    best = min(ok, key=lambda r: (r["median_ms"], -r["accuracy"]))
-    return int(best["k"]), {"max_drop_points": drop, "reference_k": int(top["k"]), "reference_accuracy": top["accuracy"]}
+    largest = max(ok, key=lambda r: r["k"])
+    quicker = [r for r in ok if r is not largest and faster(r, largest)]
+    objective = {"max_drop_points": drop, "reference_k": int(top["k"]), "reference_accuracy": top["accuracy"]}
+    within = f"within {drop:g} points of K={top['k']}'s accuracy {top['accuracy']:.4f}"
+    if not quicker:
+        objective["reason"] = (f"no K {within} was measurably faster than K={largest['k']} (the p10-p90 band of the "
+                               f"per-round latency ratios reaches 1), so the largest K within the drop, K={largest['k']}, "
+                               f"is kept: accuracy {_acc(largest)}, {_timing(largest)}")
+        return int(largest["k"]), objective
+    fastest = min(quicker, key=lambda r: r["median_ms"])
+    # K that the fastest is not measurably faster than are as fast, as far as can be told: the most accurate of them
+    best = max((r for r in quicker if r is fastest or not faster(fastest, r)), key=lambda r: (r["accuracy"], r["k"]))
+    band = ratio_band(best, largest)
+    speed = (f", {band['median']:.2f}x the latency of K={largest['k']} (p10-p90 {band['p10']:.2f}-{band['p90']:.2f})"
+             if band else f", faster than K={largest['k']} ({largest['median_ms']:.2f} ms)")
+    objective["reason"] = (f"K={best['k']} is the fastest K {within}, as far as the spread tells: accuracy {_acc(best)}, "
+                           f"{_timing(best)}{speed}")
+    return int(best["k"]), objective
 
 
 def measure(path: str | Path, data: str | Path, labels: str = "auto", k_grid: list[int] | None = None, batch: int = 1,
-            threads: int | None = None, runs: int = 10, warmup: int = 2, limit: int | None = None,
+            threads: int | None = None, runs: int = 30, warmup: int = 2, limit: int | None = None,
             progress: Callable[[str], None] = lambda m: None,
             plugins: str | Path | None = None) -> tuple[dict, OrtBackend, list[dict], dict, str, int]:
     """-> (metadata, session, table, reference {"k": max_k, "accuracy"}, accuracy kind, images).
@@ -163,61 +229,23 @@ def measure(path: str | Path, data: str | Path, labels: str = "auto", k_grid: li
     table = []
     for k in ks:
         top1, counts = preds[k]
-        gflops = (F.trimmed_flops(arch, counts) if meta.get("mode") == "trimmed" else F.padded_flops(arch, k)) / 1e9
-        table.append({"k": k, "median_ms": float(np.median(times[k])), "p90_ms": float(np.percentile(times[k], 90)),
-                      "accuracy": float(np.mean(top1 == truth)), "gflops": gflops})
+        flops = F.trimmed_flops(arch, counts) if meta.get("mode") == "trimmed" else F.padded_flops(arch, k)
+        ms = np.asarray(times[k])
+        table.append({"k": k, "median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
+                      "p90_ms": float(np.percentile(ms, 90)), "samples_ms": [round(float(v), 4) for v in ms],
+                      "accuracy": float(np.mean(top1 == truth)), "correct": int(np.sum(top1 == truth)),
+                      "total": int(len(truth)), "gflops": flops / 1e9, "gmacs": flops / F.FLOPS_PER_MAC / 1e9})
+    largest = table[0]  # ks descending: the reference of every speed comparison
+    for row in table:
+        row["vs_reference"] = ratio_band(row, largest)
+        row["faster"] = row is not largest and faster(row, largest)
     reference = {"k": max_k, "accuracy": float(np.mean(preds[max_k][0] == truth))}
     return meta, backend, table, reference, kind, len(files)
 
 
-def markdown(report: dict) -> str:
-    fp = report["fingerprint"]
-    acc = "top-1" if report["accuracy_kind"] == "top1" else "top-1 agreement with max_k"
-    lines = [f"# tscli tune: {report['model']} on this device", "",
-             f"- device: {P.describe(fp)} (onnxruntime {fp.get('onnxruntime')}, numpy {fp.get('numpy')})",
-             f"- data: {report['data']} ({report['images']} images, accuracy = {acc})",
-             f"- latency: batch {report['batch']}, median/p90 of {report['runs']} interleaved rounds"
-             + (f", with the ORT op library {Path(report['plugins']).name}" if report.get("plugins") else ""),
-             f"- objective: {report['objective']}; **chosen K = {report['chosen_k']}**", "",
-             "| K | median ms | p90 ms | accuracy | GFLOPs |", "|---:|---:|---:|---:|---:|"]
-    for r in report["table"]:
-        mark = " **<-**" if r["k"] == report["chosen_k"] else ""
-        lines.append(f"| {r['k']}{mark} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['accuracy']:.4f} | {r['gflops']:.3f} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(report: dict, path: Path) -> Path:
-    """Accuracy and median latency vs K (two y axes), the chosen K marked. Temp file + rename."""
-
-    matplotlib = require("matplotlib", "pip install matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = sorted(report["table"], key=lambda r: r["k"])
-    ks = [r["k"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(ks, [r["accuracy"] for r in rows], "o-", color="tab:blue", label="accuracy")
-    ax.set_xlabel("K (points per ATS stage)")
-    ax.set_ylabel("top-1" if report["accuracy_kind"] == "top1" else "agreement with max_k", color="tab:blue")
-    lat = ax.twinx()
-    lat.plot(ks, [r["median_ms"] for r in rows], "s--", color="tab:red", label="latency")
-    lat.set_ylabel(f"median latency, batch {report['batch']} (ms)", color="tab:red")
-    ax.axvline(report["chosen_k"], color="gray", linestyle=":", label=f"chosen K={report['chosen_k']}")
-    ax.set_title(f"{report['model']}: accuracy and latency vs K\n{report['fingerprint']['cpu']}", fontsize=9)
-    handles = ax.get_legend_handles_labels()[0] + lat.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8)
-    fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp)
-    finally:
-        plt.close(fig)
-    return path
-
-
 def tune(path: str | Path, data: str | Path, labels: str = "auto", budget_ms: float | None = None,
          max_drop: float | None = None, k_grid: list[int] | None = None, batch: int = 1, threads: int | None = None,
-         runs: int = 10, warmup: int = 2, limit: int | None = None, output: str | Path | None = None,
+         runs: int = 30, warmup: int = 2, limit: int | None = None, output: str | Path | None = None,
          progress: Callable[[str], None] = lambda m: None, plugins: str | Path | None = None) -> dict:
     """Measure, choose K, and write the profile (+ .md and .png beside the store)."""
     check_objective(budget_ms, max_drop)
@@ -237,7 +265,7 @@ def tune(path: str | Path, data: str | Path, labels: str = "auto", budget_ms: fl
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     report = {"schema": SCHEMA, "file": str(path), "model": meta.get("model"), "data": str(data), "labels": labels,
               "images": n, "batch": batch, "runs": runs, "fingerprint": fp, "objective": objective,
-              "chosen_k": chosen, "accuracy_kind": kind, "table": table,
+              "chosen_k": chosen, "accuracy_kind": kind, "reference_k": int(table[0]["k"]), "table": table,
               "plugins": library}
     P.add_profile(store, profile)
     md = store.with_suffix(".md")
