@@ -99,14 +99,19 @@ def profile_k(path: str, meta: dict, opts: RepoOptions) -> int:
     mine = [p for p in P.read_store(store) if p.get("model") == ident]
     named = [p for p in mine if any(opts.device.lower() in str(p.get("fingerprint", {}).get(key) or "").lower()
                                     for key in ("cpu", "gpu"))]
-    devices = sorted({P.describe(p.get("fingerprint", {})) for p in named})
+    devices = {_device(p) for p in named}  # one device may have profiles for several backends
     if len(devices) != 1:
-        known = "; ".join(sorted({P.describe(p.get("fingerprint", {})) for p in mine})) or "none"
+        known = "; ".join(sorted({_device(p) for p in mine})) or "none"
         what = "no device" if not devices else f"{len(devices)} devices"
         raise UsageError(f"--device {opts.device!r} matches {what} in {str(store)!r} for {Path(path).name}; "
                          f"devices there: {known}")
     same_backend = [p for p in named if p["fingerprint"].get("backend") == PROFILE_BACKEND[opts.backend]]
     return int(min(same_backend or named, key=lambda p: p.get("batch", 1))["chosen_k"])
+
+
+def _device(profile: dict) -> str:
+    fp = profile.get("fingerprint", {})
+    return f"cpu={fp.get('cpu')}, gpu={fp.get('gpu')}"
 
 
 def resolve(path: str, opts: RepoOptions) -> tuple[Runner, bool, bool]:
