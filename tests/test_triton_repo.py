@@ -137,6 +137,8 @@ def test_rewriting_replaces_one_model_and_keeps_the_others(serving_exports, tmp_
     assert sorted(p.name for p in repo.iterdir()) == ["serve.sh", "tiny_ats_k16", "tiny_ats_k8"]  # no temporaries
     assert (repo / "tiny_ats_k16" / "1" / "model.onnx").stat().st_mtime_ns != before
     assert T.parse((repo / "tiny_ats_k16" / "config.pbtxt").read_text()).max_batch_size == 4
+    spec, = write_repo(RepoOptions([ats], str(repo), k=16, name="fleet.model"))  # one name across devices
+    assert T.parse((repo / "fleet.model" / "config.pbtxt").read_text()).name == "fleet.model" == spec.name
 
 
 def test_the_validator_catches_what_triton_refuses(serving_exports, tmp_path):
@@ -222,6 +224,7 @@ def test_serve_front_door_errors_are_one_line(serving_exports, tmp_path):
     (["--plugins", "lib.so"], "--plugins applies to --backend tensorrt"),
     (["--k", "auto"], "--k auto needs a device profile"),
     (["--max-batch", "-1"], "--max-batch -1 is invalid"),
+    (["--name", "a b"], "--name 'a b' is invalid"),
 ])
 def test_bad_repo_options_are_one_line_and_write_nothing(args, message, serving_exports, tmp_path):
     one_line(tscli("triton-repo", serving_exports["ats"], "-o", tmp_path / "repo", *args), 2, message)

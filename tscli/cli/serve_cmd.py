@@ -38,13 +38,15 @@ def triton_repo(
     profiles: Optional[Path] = typer.Option(None, "--profiles", help="--k auto: the profile store (default: MODEL.profiles.json next to each file)."),
     device: Optional[str] = typer.Option(None, "--device", help="--k auto: use the profile of the device whose CPU or GPU "
                                                                 "name contains this (e.g. Orin)."),
+    name: Optional[str] = typer.Option(None, "--name", help="One file: the model name (default: file stem + _kK; "
+                                                            "one name across devices with different K)."),
     as_json: JsonFlag = False,
 ):
     """A Triton model repository (config.pbtxt + version folder) per file, with each device's K carried in."""
     from ..tools.triton_repo import RepoOptions, write_repo
 
     opts = RepoOptions([str(f) for f in files], str(output), parse_k_value(k), xi, backend, max_batch, instances,
-                       delay_us, keep_k_input, threads, optional_str(plugins), optional_str(profiles), device)
+                       delay_us, keep_k_input, threads, optional_str(plugins), optional_str(profiles), device, name)
     with status("writing the repository") as spinner:
         specs = write_repo(opts, progress=lambda msg: spinner.update(msg))
     if as_json:

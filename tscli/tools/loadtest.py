@@ -2,8 +2,9 @@
 reporting what perf_analyzer reports: throughput and p50/p90/p99 latency per concurrency.
 
 Each concurrency level runs N threads, each with its own client, each sending one request, waiting
-for the answer and sending the next; requests started during the ``warmup`` seconds are not
-counted, then latencies are recorded for ``seconds``. Every level is bounded by ``max_requests``.
+for the answer and sending the next, for ``warmup`` + ``seconds``; the requests that complete in
+the last ``seconds`` are counted (throughput) and their latencies reported. Every level is
+bounded by ``max_requests`` requests.
 Only loopback targets are accepted (127.0.0.0/8, ::1, localhost): this tool is for measuring a
 server on the same machine, not for loading other people's.
 
@@ -150,9 +151,10 @@ def _stats(protocol: str, host: str, port: int, model: str) -> tuple[int, int] |
 
 def run_level(opts: LoadOptions, target: tuple[str, str, int], name: str, dtype: str, pool: np.ndarray,
               concurrency: int) -> dict:
+    """One level: requests are sent until the window closes; what completes inside the window
+    counts (as perf_analyzer counts), so slow requests straddling its end do not inflate it."""
     protocol, host, port = target
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
+    done: list[list[tuple[float, float, bool]]] = [[] for _ in range(concurrency)]  # (start, end, ok)
     first_error: list[str] = []
     budget = [opts.max_requests]
     lock = threading.Lock()
@@ -164,19 +166,16 @@ def run_level(opts: LoadOptions, target: tuple[str, str, int], name: str, dtype:
         start.wait()
         n = 0
         try:
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= window["stop"]:
-                    break
+            while time.perf_counter() < window["stop"]:
                 with lock:
                     if budget[0] <= 0:
                         break
                     budget[0] -= 1
-                lo = (i * opts.batch + n * opts.batch) % (len(pool) - opts.batch + 1)
+                lo = (i + n) * opts.batch % (len(pool) - opts.batch + 1)
                 n += 1
-                x = pool[lo:lo + opts.batch]
-                tensor = module.InferInput(name, list(x.shape), dtype)
-                tensor.set_data_from_numpy(x)
+                tensor = module.InferInput(name, [opts.batch, *pool.shape[1:]], dtype)
+                tensor.set_data_from_numpy(pool[lo:lo + opts.batch])
+                t0 = time.perf_counter()
                 try:
                     client.infer(opts.model, [tensor])
                     ok = True
@@ -184,11 +183,7 @@ def run_level(opts: LoadOptions, target: tuple[str, str, int], name: str, dtype:
                     ok = False
                     with lock:
                         first_error[:] = first_error or [first_line(exc, 200)]
-                if t0 >= window["measure"]:
-                    if ok:
-                        latencies[i].append(time.perf_counter() - t0)
-                    else:
-                        errors[i] += 1
+                done[i].append((t0, time.perf_counter(), ok))
         finally:
             client.close()
 
@@ -202,8 +197,9 @@ def run_level(opts: LoadOptions, target: tuple[str, str, int], name: str, dtype:
     for t in threads:
         t.join()
     after = _stats(protocol, host, port, opts.model)
-    ms = np.array([v for per in latencies for v in per]) * 1e3
-    row = {"concurrency": concurrency, "requests": int(ms.size), "errors": sum(errors),
+    inside = [(t1 - t0, ok) for per in done for t0, t1, ok in per if window["measure"] <= t1 <= window["stop"]]
+    ms = np.array([d for d, ok in inside if ok]) * 1e3
+    row = {"concurrency": concurrency, "requests": int(ms.size), "errors": sum(1 for _, ok in inside if not ok),
            "first_error": first_error[0] if first_error else None,
            "req_per_s": ms.size / opts.seconds, "img_per_s": ms.size * opts.batch / opts.seconds}
     for q in (50, 90, 99):

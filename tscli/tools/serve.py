@@ -214,13 +214,13 @@ def serve(opts: ServeOptions, stop: threading.Event, on_ready: Callable[[ServerI
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
+    http, grpc, metrics = choose_ports(opts.port)  # a taken port is known before the model loads
     runners = [load(opts.file, k=opts.k, xi=opts.xi, threads=opts.threads, profiles=opts.profiles)
                for _ in range(opts.instances)]
     first = runners[0]
     name = model_name(opts.file, first, opts.name)
     inputs = {C.INPUT_IMAGES: list(first.meta["input_size"])}
     outputs = {n: (d or [1], dt) for n, (d, dt) in output_specs(first).items()}  # Triton: rank >= 1 per item
-    http, grpc, metrics = choose_ports(opts.port)
     sweep_stale()
     workspace = workspace_for(name, opts.instances)
     workspace.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +241,8 @@ def serve(opts: ServeOptions, stop: threading.Event, on_ready: Callable[[ServerI
                 config=ModelConfig(batching=batching, max_batch_size=max(opts.max_batch, 1),
                                    batcher=DynamicBatcher(max_queue_delay_microseconds=opts.delay_us)),
                 strict=True)
+    if stop.is_set():  # a signal while the model loaded: no server to start
+        return 0
     with contextlib.ExitStack() as stack:
         try:
             with server_env():

@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import contract as C
 from ..errors import CheckFailed, ModelFileError, UsageError, require
-from ..files import sha256_file
+from ..files import atomic_path, sha256_file
 from ..runtime import device_profiles as P
 from ..runtime import triton_model
 from ..runtime.ort.session import OrtBackend
@@ -64,6 +64,7 @@ class RepoOptions:
     plugins: str | None = None  # tensorrt: libtscli_plugins.so, copied into REPO/plugins/
     profiles: str | None = None  # --k auto: the profile store (default: next to each file)
     device: str | None = None  # --k auto: a device named in the store (default: this device)
+    name: str | None = None  # one file: the model's name (default: file stem + _kK)
 
 
 def check_options(opts: RepoOptions) -> None:
@@ -79,6 +80,8 @@ def check_options(opts: RepoOptions) -> None:
         raise UsageError(f"--plugins applies to --backend tensorrt; --backend is {opts.backend!r}")
     if opts.plugins is not None and not Path(opts.plugins).is_file():
         raise UsageError(f"--plugins {opts.plugins!r} is not a file; give libtscli_plugins.so")
+    if opts.name is not None and (len(opts.files) != 1 or not re.fullmatch(r"[A-Za-z0-9._-]+", opts.name)):
+        raise UsageError(f"--name {opts.name!r} is invalid; give one file and a name of letters, digits, '.', '_', '-'")
     if opts.device is not None and opts.k != "auto":
         raise UsageError("--device selects whose profile --k auto uses; give --k auto with it")
     out = Path(opts.output)
@@ -292,7 +295,7 @@ def write_repo(opts: RepoOptions, progress=None) -> list[T.ModelSpec]:
             raise ModelFileError(f"model file {path!r} does not exist")
         runner, takes_k, takes_xi = resolve(path, opts)
         any_k, any_xi = any_k or takes_k, any_xi or takes_xi
-        name = model_name(path, runner)
+        name = opts.name or model_name(path, runner)
         if name in names:
             raise UsageError(f"{path} and {names[name]} would both be model {name!r}; rename one file")
         names[name] = path
@@ -312,8 +315,9 @@ def write_repo(opts: RepoOptions, progress=None) -> list[T.ModelSpec]:
         specs.append(spec)
     if opts.plugins:
         (repo / "plugins").mkdir(exist_ok=True)
-        shutil.copyfile(opts.plugins, repo / "plugins" / Path(opts.plugins).name)
-    script = repo / "serve.sh"
-    script.write_text(_serve_script(repo))
-    script.chmod(0o755)
+        with atomic_path(repo / "plugins" / Path(opts.plugins).name) as tmp:
+            shutil.copyfile(opts.plugins, tmp)
+    with atomic_path(repo / "serve.sh") as tmp:
+        tmp.write_text(_serve_script(repo))
+        tmp.chmod(0o755)
     return specs
