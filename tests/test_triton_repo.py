@@ -237,3 +237,25 @@ def test_bad_repo_files_are_one_line(serving_exports, tmp_path):
     one_line(tscli("triton-repo", serving_exports["dovit"], "--k", "8", "-o", tmp_path / "r"), 2, "no file takes K")
     one_line(tscli("triton-repo", tmp_path / "none.onnx", "-o", tmp_path / "r"), 2, "does not exist")
     assert not (tmp_path / "r").exists()
+
+
+def test_setup_refuses_an_existing_venv(tmp_path):
+    (tmp_path / "serve-venv" / "bin").mkdir(parents=True)
+    (tmp_path / "serve-venv" / "bin" / "python").write_text("")
+    one_line(tscli("serve", "--setup", env={"TSCLI_CACHE": str(tmp_path)}), 2, "already exists; remove it first")
+
+
+def test_sweep_removes_what_killed_servers_left(tmp_path):
+    """A SIGKILLed server cannot clean up: its workspace and shared memory go at the next start."""
+    from tscli.tools.serve import sweep_stale
+
+    dead = 2 ** 22 + 7  # above the default pid_max of 4194304: never a live process
+    root, shm = tmp_path / "serve", tmp_path / "shm"
+    for d in (root / f"ws-{dead}", root / f"ws-{os.getpid()}", root / f"ws-{os.getppid()}", shm):
+        d.mkdir(parents=True)
+    for name in (f"pytrtion{dead}-abc", f"pytrtion{os.getppid()}-abc", "other"):
+        (shm / name).write_text("")
+    removed = sweep_stale([root], shm)
+    assert sorted(p.name for p in removed) == sorted([f"ws-{dead}", f"ws-{os.getpid()}", f"pytrtion{dead}-abc"])
+    assert sorted(p.name for p in root.iterdir()) == [f"ws-{os.getppid()}"]  # a live server's stays
+    assert sorted(p.name for p in shm.iterdir()) == ["other", f"pytrtion{os.getppid()}-abc"]

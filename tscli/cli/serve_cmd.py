@@ -73,7 +73,6 @@ def serve(
     port: int = typer.Option(8000, "--port", help="HTTP port on 127.0.0.1; gRPC is PORT+1, metrics PORT+2; 0 picks free ports."),
     max_batch: int = typer.Option(8, "--max-batch", help="Largest dynamic batch (0: no batching)."),
     delay_us: int = typer.Option(0, "--delay-us", help="How long the batcher may wait to fill a batch (microseconds)."),
-    instances: int = typer.Option(1, "--instances", help="Model instances (one runner each)."),
     threads: Threads = None,
     name: Optional[str] = typer.Option(None, "--name", help="Model name (default: file stem + _kK)."),
     profiles: Optional[Path] = typer.Option(None, "--profiles", help="Profile store for --k auto."),
@@ -97,7 +96,7 @@ def serve(
     from ..tools.serve import ServeOptions, install_stop_handlers, restore_handlers
     from ..tools.serve import serve as run_server
 
-    opts = ServeOptions(str(file), parse_k_value(k), xi, port, max_batch, delay_us, instances, threads, name,
+    opts = ServeOptions(str(file), parse_k_value(k), xi, port, max_batch, delay_us, threads, name,
                         optional_str(profiles), optional_str(log))
     stop = threading.Event()
     previous = install_stop_handlers(stop)

@@ -53,7 +53,6 @@ class ServeOptions:
     port: int = 8000  # HTTP; gRPC = port + 1, metrics = port + 2; 0 = three free ports
     max_batch: int = 8  # 0 = no batching
     delay_us: int = 0  # how long the batcher may wait to fill a batch
-    instances: int = 1
     threads: int | None = None
     name: str | None = None
     profiles: str | None = None
@@ -83,8 +82,8 @@ def workspace_roots() -> list[Path]:
     return [cache_root() / "serve", Path(tempfile.gettempdir()) / f"tscli-serve-{os.getuid()}"]
 
 
-def workspace_for(name: str, instances: int) -> Path:
-    sockets = len(f"/ws-{os.getpid()}/{name}_0_{instances - 1}-server.sock")
+def workspace_for(name: str) -> Path:
+    sockets = len(f"/ws-{os.getpid()}/{name}_0_0-server.sock")
     for root in workspace_roots():
         if len(str(root)) + sockets <= SOCKET_PATH_MAX:
             return root / f"ws-{os.getpid()}"
@@ -200,8 +199,7 @@ def _infer_function(runner: Runner, names: list[str]):
 
 
 def _check(opts: ServeOptions) -> None:
-    for value, option, low in ((opts.max_batch, "--max-batch", 0), (opts.instances, "--instances", 1),
-                               (opts.delay_us, "--delay-us", 0)):
+    for value, option, low in ((opts.max_batch, "--max-batch", 0), (opts.delay_us, "--delay-us", 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise UsageError(f"{option} {value!r} is invalid; give an integer >= {low}")
 
@@ -215,14 +213,16 @@ def serve(opts: ServeOptions, stop: threading.Event, on_ready: Callable[[ServerI
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     http, grpc, metrics = choose_ports(opts.port)  # a taken port is known before the model loads
-    runners = [load(opts.file, k=opts.k, xi=opts.xi, threads=opts.threads, profiles=opts.profiles)
-               for _ in range(opts.instances)]
-    first = runners[0]
+    # One model instance: PyTriton starts extra instances' stubs with a 1 s handshake timeout,
+    # which they missed on a loaded 2-core machine (Triton repositories take --instances).
+    first = load(opts.file, k=opts.k, xi=opts.xi, threads=opts.threads, profiles=opts.profiles)
     name = model_name(opts.file, first, opts.name)
     inputs = {C.INPUT_IMAGES: list(first.meta["input_size"])}
     outputs = {n: (d or [1], dt) for n, (d, dt) in output_specs(first).items()}  # Triton: rank >= 1 per item
+    if stop.is_set():  # a signal while the model loaded: no server to start
+        return 0
     sweep_stale()
-    workspace = workspace_for(name, opts.instances)
+    workspace = workspace_for(name)
     workspace.parent.mkdir(parents=True, exist_ok=True)
     # tritonserver's own log goes to a file (PyTriton would print it on our stdout)
     log = Path(opts.log) if opts.log else workspace / "tritonserver.log"
@@ -230,19 +230,21 @@ def serve(opts: ServeOptions, stop: threading.Event, on_ready: Callable[[ServerI
                           metrics_address=HOST, metrics_port=metrics, allow_sagemaker=False, allow_vertex_ai=False,
                           allow_gpu_metrics=False, allow_cpu_metrics=True, log_verbose=0, log_file=log,
                           exit_timeout_secs=5)  # a server orphaned by a SIGKILL exits within seconds
-    triton = Triton(config=config, workspace=workspace,
-                    security_config=TritonSecurityConfig(restricted_endpoints=RESTRICTED))
     batching = opts.max_batch > 0
     # With batching off, PyTriton still wants the leading batch dimension in the tensors' shapes.
     lead = [] if batching else [-1]
-    triton.bind(model_name=name, infer_func=[_infer_function(r, list(outputs)) for r in runners],
-                inputs=[Tensor(name=n, dtype=np.float32, shape=tuple(lead + d)) for n, d in inputs.items()],
-                outputs=[Tensor(name=n, dtype=dt, shape=tuple(lead + d)) for n, (d, dt) in outputs.items()],
-                config=ModelConfig(batching=batching, max_batch_size=max(opts.max_batch, 1),
-                                   batcher=DynamicBatcher(max_queue_delay_microseconds=opts.delay_us)),
-                strict=True)
-    if stop.is_set():  # a signal while the model loaded: no server to start
-        return 0
+    try:
+        triton = Triton(config=config, workspace=workspace,
+                        security_config=TritonSecurityConfig(restricted_endpoints=RESTRICTED))
+        triton.bind(model_name=name, infer_func=_infer_function(first, list(outputs)),
+                    inputs=[Tensor(name=n, dtype=np.float32, shape=tuple(lead + d)) for n, d in inputs.items()],
+                    outputs=[Tensor(name=n, dtype=dt, shape=tuple(lead + d)) for n, (d, dt) in outputs.items()],
+                    config=ModelConfig(batching=batching, max_batch_size=max(opts.max_batch, 1),
+                                       batcher=DynamicBatcher(max_queue_delay_microseconds=opts.delay_us)),
+                    strict=True)
+    except BaseException:  # nothing started yet: only the workspace folder to remove
+        shutil.rmtree(workspace, ignore_errors=True)
+        raise
     with contextlib.ExitStack() as stack:
         try:
             with server_env():
