@@ -39,6 +39,30 @@ def tiny_exports(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def serving_exports(tmp_path_factory) -> dict[str, Path]:
+    """tiny_ats (max_k 40) and tiny_dovit for the serving tests: what they check is the server
+    against tscli.runtime on the same file, so the exports skip their PyTorch check (seconds)."""
+    from tscli.tools.checked_export import ExportOptions, SegExportOptions, export_onnx, export_seg
+
+    folder = tmp_path_factory.mktemp("serving")
+    export_onnx(ExportOptions(model="tiny_ats", max_k=40, output=str(folder / "tiny_ats.onnx"), validate=False))
+    export_seg(SegExportOptions("tiny_dovit", output=str(folder / "tiny_dovit.onnx"), validate=False))
+    return {"ats": folder / "tiny_ats.onnx", "dovit": folder / "tiny_dovit.onnx"}
+
+
+@pytest.fixture(scope="session")
+def serve_python() -> Path:
+    """The serving venv's Python (numpy<2, PyTriton, tritonclient): $TSCLI_SERVE_PYTHON, else
+    .venv-serve in the checkout. Missing, the serving tests fail (they do not skip)."""
+    import os
+
+    path = Path(os.environ.get("TSCLI_SERVE_PYTHON") or Path(__file__).resolve().parents[1] / ".venv-serve/bin/python")
+    if not path.is_file():
+        pytest.fail(f"no serving venv at {path}: create it with `make serve-venv` (or set TSCLI_SERVE_PYTHON)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def sample_arrays() -> list[np.ndarray]:
     from tscli.data.samples import sample_images
 

@@ -6,6 +6,7 @@
     run_cmd.py      run               speed_cmd.py   bench, tune
     device_cmd.py   build, doctor, selftest
     data_cmd.py     list, digits, train-digits
+    serve_cmd.py    triton-repo, serve, loadtest
 """
 
 from .app import app, main
