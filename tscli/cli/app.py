@@ -18,7 +18,7 @@ from typer import (
 )
 
 from ..errors import TscliError, first_line
-from . import check_cmd, data_cmd, device_cmd, export_cmd, run_cmd, speed_cmd
+from . import check_cmd, data_cmd, device_cmd, export_cmd, precision_cmd, run_cmd, speed_cmd
 from .common import err
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -43,6 +43,8 @@ app.command()(device_cmd.selftest)
 app.command("digits")(data_cmd.digits_cmd)
 app.command("train-digits")(data_cmd.train_digits_cmd)
 app.command()(speed_cmd.tune)
+app.command()(precision_cmd.quantize)
+app.command()(precision_cmd.convert)
 
 
 def _on_sigterm(signum, frame):

@@ -27,6 +27,7 @@ def export(
     input_size: Optional[str] = typer.Option(None, "--input-size", help="Segmentation input HxW, multiples of the patch, e.g. 512x1024."),
     xi: Optional[float] = typer.Option(None, "--xi", help="DoViT default threshold (0..1; a token with confidence > xi stops); changeable at load."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of images for the post-export check (default: scikit-image's sample photos)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (weights and activations fp16, the sampling island fp32; for ORT-CUDA/TensorRT)."),
 ):
     """Export a model to one ONNX file (dynamic batch, K chosen at load time), then check it."""
     from ..tools.catalog import is_segmentation_model
@@ -37,7 +38,12 @@ def export(
         export_seg,
     )
 
+    if precision not in ("fp32", "fp16"):
+        raise UsageError(f"unknown --precision {precision!r}; valid: fp32, fp16 (int8 needs calibration images: "
+                         "export fp32, then `tscli quantize FILE --calib DIR`)")
     if is_segmentation_model(model):
+        if precision != "fp32":
+            raise UsageError(f"--precision {precision} applies to ATS and dense models; {model!r} is a segmentation model")
         if max_k is not None or stages is not None or sampling != "paper" or form != "plain" or mode != "padded":
             raise UsageError(f"--max-k/--stages/--sampling/--form/--mode apply to ATS models; {model!r} is a segmentation model "
                              "(use --max-keep/--input-size/--xi)")
@@ -49,6 +55,9 @@ def export(
         out.print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {meta['model']} ({meta['family']}), "
                   f"input {meta['input_size'][1]}x{meta['input_size'][2]}, max_keep={meta['max_keep']}, xi={meta['xi']}, "
                   f"decisions after blocks {meta['stages'] or '-'}")
+    elif precision != "fp32":
+        return _export_reduced(model, precision, output, max_k, checkpoint, stages, sampling, opset, form, seed,
+                               no_validate, mode, images)
     else:
         if max_keep is not None or input_size is not None or xi is not None:
             raise UsageError(f"--max-keep/--input-size/--xi apply to segmentation models (dovit, seg); {model!r} is not one")
@@ -63,6 +72,29 @@ def export(
     out.print(f"lint: ok ({len(warnings)} warnings)" + "".join(f"\n  {w}" for w in warnings))
     if result.validation is not None:
         print_parity(result.validation)
+
+
+def _export_reduced(model, precision, output, *args) -> None:
+    """fp16: the fp32 export (checked against PyTorch) into a temporary folder, then converted
+    into ``output`` (checked against that fp32 file); nothing is left behind on failure."""
+    import tempfile
+
+    from ..files import check_output_file
+    from ..tools.checked_export import ExportOptions, export_onnx
+    from ..tools.fp16 import convert_fp16
+    from .precision_cmd import print_fp16_result
+
+    max_k, checkpoint, stages, sampling, opset, form, seed, no_validate, mode, images = args
+    final = check_output_file(output or f"{model}.{precision}.onnx", inputs=[checkpoint])
+    with tempfile.TemporaryDirectory(prefix="tscli-export-") as tmp, status("exporting") as spinner:
+        opts = ExportOptions(model, max_k, str(Path(tmp) / "fp32.onnx"), optional_str(checkpoint), stages, sampling,
+                             opset, form, seed, not no_validate, mode, optional_str(images))
+        result = export_onnx(opts, progress=lambda msg: spinner.update(msg))
+        path, meta, casts, lint, report = convert_fp16(result.path, final, optional_str(images), 8, not no_validate,
+                                                       progress=lambda msg: spinner.update(msg))
+    if result.validation is not None:
+        print_parity(result.validation)
+    print_fp16_result(path, meta, casts, lint, report)
 
 
 def print_parity(report) -> None:
