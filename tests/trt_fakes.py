@@ -116,7 +116,7 @@ def fake_tensorrt(version: str = "10.3.0.30", rec: Recorder | None = None, creat
     if major_minor[0] >= 10:
         flags["STRONGLY_TYPED"] = 2
     trt.NetworkDefinitionCreationFlag = IntEnum("NetworkDefinitionCreationFlag", flags)
-    trt.BuilderFlag = IntEnum("BuilderFlag", {"FP16": 0, "TF32": 1, "OBEY_PRECISION_CONSTRAINTS": 2})
+    trt.BuilderFlag = IntEnum("BuilderFlag", {"FP16": 0, "TF32": 1, "OBEY_PRECISION_CONSTRAINTS": 2, "INT8": 3})
     trt.MemoryPoolType = IntEnum("MemoryPoolType", {"WORKSPACE": 0})
     trt.ProfilingVerbosity = IntEnum("ProfilingVerbosity", {"LAYER_NAMES_ONLY": 0, "NONE": 1, "DETAILED": 2})
     trt.LayerInformationFormat = IntEnum("LayerInformationFormat", {"ONELINE": 0, "JSON": 1})

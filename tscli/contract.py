@@ -53,6 +53,16 @@ SAMPLE_OP = "ATSSample"
 GATHER_OP = "ATSGather"
 PLUGIN_VERSION = "1"
 
+# The sampling island (docs/design.md, "Reduced precision"): the ONNX exporter records, on every
+# node, the classes of the modules it was traced in under NODE_SCOPE_KEY; the nodes traced inside
+# ISLAND_SCOPE (models/sampling.py) decide which tokens survive and always run in float32.
+NODE_SCOPE_KEY = "pkg.torch.onnx.class_hierarchy"
+ISLAND_SCOPE = "tscli.models.sampling.SamplingIsland"
+
+# Numeric precision of a file's network (metadata "precision"; absent = fp32). int8 files hold
+# QuantizeLinear/DequantizeLinear pairs (QDQ form); fp16 files keep float32 inputs and outputs.
+PRECISIONS = ("fp32", "fp16", "int8")
+
 META_PREFIX = "tscli."
 # Keys written into metadata_props of every exported file (values JSON-encoded); the runtime
 # reads them back instead of asking the user again.
@@ -61,6 +71,9 @@ META_KEYS = (
     "patch_size", "mean", "std", "crop_pct", "interpolation", "num_classes", "labels", "opset",
     "weights", "dense_name", "embed_dim", "depth", "num_heads", "label_names", "pretrained",
 )
+# Written in addition by `tscli quantize` and the fp16 conversion: the precision, the island's node
+# names (kept float32), what the file was made from and, for int8, how it was calibrated.
+PRECISION_META_KEYS = ("precision", "island", "source", "quantization")
 # Written in addition by segmentation exports (dovit / seg families).
 SEG_META_KEYS = ("max_keep", "xi", "merge", "grid")
 # Written in addition by ToMe exports: r (tokens merged per block), the r of each block after

@@ -18,7 +18,18 @@ from typer import (
 )
 
 from ..errors import TscliError, first_line
-from . import check_cmd, compare_cmd, data_cmd, device_cmd, export_cmd, run_cmd, serve_cmd, speed_cmd, stats_cmd
+from . import (
+    check_cmd,
+    compare_cmd,
+    data_cmd,
+    device_cmd,
+    export_cmd,
+    precision_cmd,
+    run_cmd,
+    serve_cmd,
+    speed_cmd,
+    stats_cmd,
+)
 from .common import complete_optional_values, err
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -48,6 +59,8 @@ app.command()(stats_cmd.stats)
 app.command("triton-repo")(serve_cmd.triton_repo)
 app.command()(serve_cmd.serve)
 app.command()(serve_cmd.loadtest)
+app.command()(precision_cmd.quantize)
+app.command()(precision_cmd.convert)
 
 
 def _on_sigterm(signum, frame):

@@ -18,6 +18,7 @@ from .common import (
     Plugins,
     RateList,
     Threads,
+    optional_str,
     out,
     parse_floats,
     parse_k_list,
@@ -42,14 +43,22 @@ def parity(
                                            "Default: the export value, 1.0 and the median first-decision confidence."),
     plugins: Plugins = None,
     rate: RateList = None,
+    reference: Optional[Path] = typer.Option(None, "--reference", help="fp16/int8 files: the fp32 file to compare with too."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="fp16/int8 files: fail (exit 1) below "
+                                                                              "this top-1 agreement (0..1)."),
 ):
-    """Compare ONNX Runtime with the PyTorch model the file was exported from."""
+    """Compare ONNX Runtime with the PyTorch model the file was exported from (fp16/int8 files:
+    decision statistics per K against PyTorch and, with --reference, the fp32 file)."""
     from ..runtime import load
     from ..tools.parity import parity_for_file
     from ..tools.reduction_parity import parity_for_file as reduction_parity_for_file
     from ..tools.seg_parity import seg_parity_for_file
 
     probe = load(file, backend=backend, threads=threads, plugins=plugins)
+    if probe.meta.get("precision", "fp32") != "fp32":
+        return _precision_parity(file, probe.meta, reference, min_agreement, checkpoint, images, n, k, threads, as_json)
+    if reference is not None or min_agreement is not None:
+        raise UsageError("--reference/--min-agreement apply to fp16 and int8 files; this file is fp32")
     if C.is_reduction(probe.meta):
         if k or plugins or xi:
             raise UsageError("--k/--plugins/--xi do not apply to DynamicViT / EViT files (use --rate)")
@@ -80,6 +89,21 @@ def parity(
         raise typer.Exit(1)
 
 
+def _precision_parity(file, meta, reference, min_agreement, checkpoint, images, n, k, threads, as_json) -> None:
+    from ..tools.precision_parity import precision_parity
+    from .precision_cmd import print_precision_parity
+
+    with status(f"comparing the {meta['precision']} file's decisions") as spinner:
+        report = precision_parity(file, reference, images, n, parse_k_list(k), threads, optional_str(checkpoint),
+                                  min_agreement, progress=lambda msg: spinner.update(msg))
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        print_precision_parity(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def inspect(file: Path = typer.Argument(..., help="Exported .onnx file."), as_json: JsonFlag = False):
     """Show a file's metadata, inputs/outputs, operator histogram and lint result."""
     from ..tools.inspect import inspect_file
@@ -88,9 +112,11 @@ def inspect(file: Path = typer.Argument(..., help="Exported .onnx file."), as_js
     if as_json:
         return print_json(info)
     meta_table = table("metadata", "value", title=str(file))
-    order = {key: i for i, key in enumerate(C.META_KEYS + C.SEG_META_KEYS)}
+    order = {key: i for i, key in enumerate(C.META_KEYS + C.PRECISION_META_KEYS + C.SEG_META_KEYS)}
     for key, value in sorted(info["metadata"].items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
-        if key != "label_names":
+        if key == "island":  # hundreds of node names: the count says enough here (--json lists them)
+            meta_table.add_row(key, f"{len(value)} nodes kept float32 (the sampling island)")
+        elif key != "label_names":
             meta_table.add_row(key, json.dumps(value))
     out.print(meta_table)
     io = table("kind", "name", "type", "shape")

@@ -31,7 +31,7 @@ def build(
     k: Optional[List[str]] = typer.Option(None, "--k", help="One profile fixed at this K (repeat or comma list)."),
     k_range: Optional[List[str]] = typer.Option(None, "--k-range", help="One profile MIN:OPT:MAX of K, e.g. 48:96:120 (repeatable)."),
     batch: str = typer.Option("1:1:8", "--batch", help="Batch MIN:OPT:MAX (or one number)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (TensorRT 11: from the ONNX file)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: a QDQ file from `tscli quantize --target tensorrt`; TensorRT 11: from the ONNX file)."),
     plugins: Optional[Path] = typer.Option(None, "--plugins", help="libtscli_plugins.so (default: $TSCLI_PLUGIN_PATH, ./build/plugins; a dry run uses only this)."),
     workspace: Optional[int] = typer.Option(None, "--workspace", help="Builder workspace limit in MB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file (read if present, then updated)."),

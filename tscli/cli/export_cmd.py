@@ -34,11 +34,17 @@ def export(
     rate: Optional[str] = typer.Option(None, "--rate", help="DynamicViT / EViT default keep rate (default 0.7, the released one); changeable at load."),
     max_rate: Optional[str] = typer.Option(None, "--max-rate", help="DynamicViT / EViT: largest rate the file accepts at load (default 1); bounds every kept count."),
     r: Optional[int] = typer.Option(None, "--r", help="ToMe: tokens merged per block (default: the model's; fixed in the file)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (weights and activations fp16, the sampling island fp32; for ORT-CUDA/TensorRT)."),
 ):
     """Export a model to one ONNX file (dynamic batch, K chosen at load time), then check it."""
     from ..tools.catalog import is_reduction_model, is_segmentation_model
     from ..tools.checked_export import ExportOptions, SegExportOptions, export_onnx, export_seg
 
+    if precision not in ("fp32", "fp16"):
+        raise UsageError(f"unknown --precision {precision!r}; valid: fp32, fp16 (int8 needs calibration images: "
+                         "export fp32, then `tscli quantize FILE --calib DIR`)")
+    if precision != "fp32" and (is_reduction_model(model) or is_segmentation_model(model)):
+        raise UsageError(f"--precision {precision} applies to ATS, top-K, ToMe and dense models; {model!r} is not one")
     if (rate is not None or max_rate is not None) and not is_reduction_model(model):
         raise UsageError(f"--rate/--max-rate apply to DynamicViT / EViT models; {model!r} is not one")
     if is_reduction_model(model):
@@ -61,6 +67,9 @@ def export(
         out.print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {meta['model']} ({meta['family']}), "
                   f"input {meta['input_size'][1]}x{meta['input_size'][2]}, max_keep={meta['max_keep']}, xi={meta['xi']}, "
                   f"decisions after blocks {meta['stages'] or '-'}")
+    elif precision != "fp32":
+        return _export_fp16(model, precision, output, max_k, checkpoint, stages, sampling, opset, form, seed,
+                            no_validate, mode, images, r, pretrained)
     else:
         if max_keep is not None or input_size is not None or xi is not None:
             raise UsageError(f"--max-keep/--input-size/--xi apply to segmentation models (dovit, seg); {model!r} is not one")
@@ -91,6 +100,29 @@ def _export_reduction(model, rate, max_rate, output, checkpoint, opset, seed, no
     out.print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {meta['model']} ({meta['family']}), "
               f"rate={meta['rate']:g} (load-time, up to max_rate={meta['max_rate']:g}), stages={meta['stages']}")
     return result
+
+
+def _export_fp16(model, precision, output, *args) -> None:
+    """fp16: the fp32 export (checked against PyTorch) into a temporary folder, then converted
+    into ``output`` (checked against that fp32 file); nothing is left behind on failure."""
+    import tempfile
+
+    from ..files import check_output_file
+    from ..tools.checked_export import ExportOptions, export_onnx
+    from ..tools.fp16 import convert_fp16
+    from .precision_cmd import print_fp16_result
+
+    max_k, checkpoint, stages, sampling, opset, form, seed, no_validate, mode, images, r, pretrained = args
+    final = check_output_file(output or f"{model}.{precision}.onnx", inputs=[checkpoint])
+    with tempfile.TemporaryDirectory(prefix="tscli-export-") as tmp, status("exporting") as spinner:
+        opts = ExportOptions(model, max_k, str(Path(tmp) / "fp32.onnx"), optional_str(checkpoint), stages, sampling,
+                             opset, form, seed, not no_validate, mode, r, optional_str(images), pretrained)
+        result = export_onnx(opts, progress=lambda msg: spinner.update(msg))
+        path, meta, casts, lint, report = convert_fp16(result.path, final, optional_str(images), 8, not no_validate,
+                                                       progress=lambda msg: spinner.update(msg))
+    if result.validation is not None:
+        print_parity(result.validation)
+    print_fp16_result(path, meta, casts, lint, report)
 
 
 def print_parity(report) -> None:

@@ -43,6 +43,7 @@ def bench(
     xi: Optional[List[str]] = typer.Option(None, "--xi", help="DoViT files: thresholds to time (default: the export value)."),
     plugins: Plugins = None,
     rate: RateList = None,
+    fp32: Optional[Path] = typer.Option(None, "--fp32", help="fp16/int8 FILE: the fp32 file it was made from, timed at the same K."),
 ):
     """Latency per (K, batch) vs the dense baseline and the ideal bound, interleaved so drift cancels."""
     from ..runtime.ort.session import OrtBackend
@@ -65,8 +66,9 @@ def bench(
     if rate:
         raise UsageError("--rate applies to DynamicViT / EViT files")
     if C.is_segmentation(meta):
-        if k or ideal or no_dense or plugins:
-            raise UsageError("--k/--ideal/--no-dense/--plugins apply to ATS files; this is a segmentation file (use --xi)")
+        if k or ideal or no_dense or plugins or fp32:
+            raise UsageError("--k/--ideal/--no-dense/--plugins/--fp32 apply to ATS files; this is a segmentation file "
+                             "(use --xi)")
         with status("benchmarking") as spinner:
             report = bench_seg(file, parse_floats(xi, "--xi"), parse_ints(batch, "--batch"), threads, runs, warmup,
                                baseline, optional_str(checkpoint), graphs_dir, progress=lambda msg: spinner.update(msg))
@@ -76,7 +78,7 @@ def bench(
     with status("benchmarking") as spinner:
         report = run_bench(file, parse_ints(k, "--k") or None, parse_ints(batch, "--batch"), backend, threads, runs, warmup,
                            baseline, ideal, not no_dense, optional_str(checkpoint), graphs_dir,
-                           progress=lambda msg: spinner.update(msg), plugins=plugins)
+                           progress=lambda msg: spinner.update(msg), plugins=plugins, fp32=fp32)
     return print_json(report) if as_json else _print_bench(report)
 
 
@@ -100,17 +102,21 @@ def _bench_reduction(file, rates, batches, threads, runs, warmup, baseline, dens
 
 
 def _print_bench(report: dict) -> None:
-    t = table("K", "batch", "ATS ms", "p90 ms", "img/s", "GFLOPs", "dense ms", "speed-up", "ideal ms", "ideal speed-up",
-              "of ideal", title=f"bench {report['model']} ({report['mode']}): {report['backend']} {report['provider']}, "
-                                f"threads={report['threads'] or 'default'}, median of {report['runs']} interleaved runs")
+    precision = report.get("precision", "fp32")
+    extra = ("fp32 ATS ms", f"{precision} vs fp32") if report.get("fp32") else ()
+    t = table("K", "batch", f"ATS ms ({precision})" if precision != "fp32" else "ATS ms", "p90 ms", "img/s", "GFLOPs",
+              "dense ms", "speed-up", "ideal ms", "ideal speed-up", "of ideal", *extra,
+              title=f"bench {report['model']} ({report['mode']}): {report['backend']} {report['provider']}, "
+                    f"threads={report['threads'] or 'default'}, median of {report['runs']} interleaved runs")
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in report["rows"]:
-        a, d, i = r["ats"], r["dense"], r["ideal"]
+        a, d, i, f = r["ats"], r["dense"], r["ideal"], r.get("fp32")
+        more = (f"{f['median_ms']:.1f}", f"{r['speedup_vs_fp32']:.2f}x") if extra else ()
         t.add_row(str(r["k"]), str(r["batch"]), f"{a['median_ms']:.1f}", f"{a['p90_ms']:.1f}", f"{a['images_per_s']:.1f}",
                   f"{a['gflops']:.2f}" + (f" / {d['gflops']:.2f}" if d else ""), fmt(d and d["median_ms"], ".1f"),
                   fmt(r["speedup_vs_dense"], ".2f") + ("x" if d else ""), fmt(i and i["median_ms"], ".1f"),
-                  fmt(r["ideal_speedup_vs_dense"], ".2f"), fmt(r["fraction_of_ideal"], ".3f"))
-    out.print(t, width=max(out.width, 130))  # 11 columns: do not wrap them in a narrow pipe
+                  fmt(r["ideal_speedup_vs_dense"], ".2f"), fmt(r["fraction_of_ideal"], ".3f"), *more)
+    out.print(t, width=max(out.width, 150))  # 11-13 columns: do not wrap them in a narrow pipe
 
 
 def _print_seg_bench(report: dict) -> None:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..contract import TOPK
 from . import ops  # also registers torch.ops.tscli.ats_sample
-from .sampling import pick_tokens, slot_indices
+from .sampling import SamplingIsland, pick_tokens, slot_indices
 
 
 @dataclass
@@ -100,6 +100,10 @@ class TokenSamplingBlock(Block):
     use_custom_op: bool = False  # True while exporting: sampling becomes one ONNX node
     record_margin: bool = False
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.island = SamplingIsland()  # the scope of the sampling island (see SamplingIsland)
+
     def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         attn = self.attn
         b, t, d = x.shape
@@ -137,6 +141,21 @@ class TokenSamplingBlock(Block):
         index, slot_mask = slot_indices(keep, k_like)
         return index, slot_mask, margin
 
+    def score_and_pick(self, q_cls: Tensor, k: Tensor, v_t: Tensor, bias: Tensor | None, mask: Tensor | None,
+                       k_like: Tensor):
+        """The island of a gathering stage: scores from the CLS attention row, then the pick."""
+        attn = self.attn
+        # Step 2: s_j = (sum_h A[h, 0, j]) * ||v_j||, over candidates j >= 1.
+        cls_row = torch.matmul(attn.q_norm(q_cls) * attn.scale, k.transpose(-2, -1))
+        if bias is not None:
+            cls_row = cls_row + bias
+        cls_attn = cls_row.softmax(dim=-1).sum(dim=1)[:, 0, 1:]  # [B, T-1]
+        scores = cls_attn * torch.linalg.vector_norm(v_t, dim=(-2, -1))[:, 1:]
+        # Before the first stage every token is valid; scores are finite, so this is all-true
+        # (one node, where a ones tensor of a symbolic shape costs three).
+        valid = mask[:, 1:] if mask is not None else scores == scores
+        return scores, valid, self.pick(scores, valid, k_like)
+
     def gather_stage(self, state: TokenState, k_like: Tensor, records: list | None) -> TokenState:
         """Score, pick, then compute attention rows / proj / MLP only for the K + 1 output slots.
 
@@ -152,16 +171,9 @@ class TokenSamplingBlock(Block):
         q, k, v = q_t.transpose(1, 2), k_t.transpose(1, 2), v_t.transpose(1, 2)
         k = attn.k_norm(k)
         bias = key_bias(state.mask, q.dtype)
-        # Step 2: s_j = (sum_h A[h, 0, j]) * ||v_j||, over candidates j >= 1.
-        cls_row = torch.matmul(attn.q_norm(q[:, :, :1]) * attn.scale, k.transpose(-2, -1))
-        if bias is not None:
-            cls_row = cls_row + bias
-        cls_attn = cls_row.softmax(dim=-1).sum(dim=1)[:, 0, 1:]  # [B, T-1]
-        scores = cls_attn * torch.linalg.vector_norm(v_t, dim=(-2, -1))[:, 1:]
-        # Before the first stage every token is valid; scores are finite, so this is all-true
-        # (one node, where a ones tensor of a symbolic shape costs three).
-        valid = state.mask[:, 1:] if state.mask is not None else scores == scores
-        index, slot_mask, margin = self.pick(scores, valid, k_like)
+        # Only the CLS query row enters the island (slicing is exact in any precision).
+        scores, valid, (index, slot_mask, margin) = self.island(self.score_and_pick, q[:, :, :1], k, v_t, bias,
+                                                                state.mask, k_like)
         positions = index if state.positions is None else torch.gather(state.positions, 1, index)
         if records is not None:
             candidates = (torch.arange(1, t, device=scores.device).expand(b, -1) if state.positions is None
@@ -174,6 +186,20 @@ class TokenSamplingBlock(Block):
         o = attend(gather_heads(attn.q_norm(q), index), k, v, attn.scale, bias)
         x = self.finish(gather_tokens(state.x, index), o)
         return TokenState(x, slot_mask, positions)
+
+    def score_and_mask(self, cls_attn: Tensor, v: Tensor, slot_mask: Tensor, k_like: Tensor):
+        """The island of a masking stage: scores from the CLS attention row, then the narrowed mask."""
+        # ||v_j|| from v itself: a second reader of qkv would stop ONNX Runtime from fusing the
+        # three slices of q, k, v into one Split.
+        v_norm = torch.linalg.vector_norm(v, dim=(1, 3))  # [B, T]
+        # Masked keys get exactly zero weight, so dropped tokens score exactly 0.
+        scores = cls_attn.sum(dim=1) * v_norm[:, 1:]
+        if self.use_custom_op:  # the plugin's slot index, turned into a mask over these slots;
+            # its padding points at CLS, which is always kept: every write stores the same value
+            index, _ = ops.sample_slots(scores, slot_mask[:, 1:], k_like, self.scheme)
+            return scores, slot_mask.to(cls_attn.dtype).mul(0.0).scatter(1, index.long(), 1.0) > 0, None
+        keep, margin = pick_tokens(scores, slot_mask[:, 1:], k_like, self.scheme, with_margin=self.record_margin)
+        return scores, torch.cat([slot_mask[:, :1], keep], dim=1), margin
 
     def mask_stage(self, state: TokenState, k_like: Tensor, records: list | None) -> TokenState:
         """A padded stage after the first: K + 1 slots in, the same K + 1 slots out.
@@ -190,20 +216,10 @@ class TokenSamplingBlock(Block):
         heads = attn.num_heads
         qkv = attn.qkv(self.norm1(state.x)).reshape(b, t, 3, heads, d // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # as the plain block
-        # ||v_j|| from v itself: a second reader of qkv would stop ONNX Runtime from fusing the
-        # three slices of q, k, v into one Split.
-        v_norm = torch.linalg.vector_norm(v, dim=(1, 3))  # [B, T]
         q, k = attn.q_norm(q), attn.k_norm(k)
         a = (torch.matmul(q * attn.scale, k.transpose(-2, -1)) + key_bias(state.mask, q.dtype)).softmax(dim=-1)
-        # Masked keys get exactly zero weight, so dropped tokens score exactly 0.
-        scores = a[:, :, 0, 1:].sum(dim=1) * v_norm[:, 1:]
-        if self.use_custom_op:  # the plugin's slot index, turned into a mask over these slots;
-            # its padding points at CLS, which is always kept: every write stores the same value
-            index, _ = ops.sample_slots(scores, state.mask[:, 1:], k_like, self.scheme)
-            mask, margin = state.mask.to(a.dtype).mul(0.0).scatter(1, index.long(), 1.0) > 0, None
-        else:
-            keep, margin = pick_tokens(scores, state.mask[:, 1:], k_like, self.scheme, with_margin=self.record_margin)
-            mask = torch.cat([state.mask[:, :1], keep], dim=1)
+        # Only the CLS attention row enters the island (slicing is exact in any precision).
+        scores, mask, margin = self.island(self.score_and_mask, a[:, :, 0, 1:], v, state.mask, k_like)
         if records is not None:
             records.append(_record(mask.sum(dim=1), torch.where(mask, state.positions, -1), margin, scores,
                                    state.mask[:, 1:], state.positions[:, 1:], self.record_margin))

@@ -258,3 +258,18 @@ def decision_contest(scores: Tensor, valid: Tensor, num_points_like: Tensor, sch
     second = (ranks == torch.where(rest == d2, ranks, no_rank).amin(dim=-1, keepdim=True)) & ~first
     involved = (first | second) & valid.unsqueeze(-2)
     return torch.where(involved, (d2 - d1).expand_as(dist), inf).amin(dim=-2)
+
+
+class SamplingIsland(torch.nn.Module):
+    """A scope, not a layer (no parameters, so checkpoints are unchanged): ``island(fn, *args)``
+    runs ``fn(*args)``, and the ONNX exporter records this module's class and path on every node
+    it traces inside (node metadata ``pkg.torch.onnx.class_hierarchy`` / ``name_scopes``).
+
+    What an ATS stage runs in here is its sampling island: the significance scores, the
+    normalisation, CDF, sample points, picks and the slot index / mask (docs/design.md, "Reduced
+    precision"). Reduced-precision tools find the island by this class name and keep it in
+    float32, since a pick is a discrete decision that a small numeric change can flip.
+    """
+
+    def forward(self, fn, *args):
+        return fn(*args)

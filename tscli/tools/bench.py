@@ -8,18 +8,19 @@ session; see runtime/ort/session.py).
 
 Reported per (K, batch): median and p90 latency, images/s, analytic GFLOPs (runtime/flops.py),
 speed-up of the ATS graph over dense and the fraction of the ideal speed it reaches (ideal
-latency / ATS latency). Ratios are the median over rounds of the ratio within each round (paired
+latency / ATS latency). For an fp16 or int8 file, ``fp32`` (the fp32 file it was made from) is
+timed at the same K in the same rounds, and its speed-up over that file is reported. Ratios are the median over rounds of the ratio within each round (paired
 samples). The dense/ideal graphs are exported on the fly only when needed (export extras).
 
 JSON report (``--json``), schema ``tscli.bench/1``::
 
     {"schema": "tscli.bench/1", "file", "model", "mode", "backend", "provider", "threads",
-     "runs", "warmup", "baseline": path|null, "ideal": path|null,
+     "runs", "warmup", "baseline": path|null, "ideal": path|null, "precision", "fp32": path|null,
      "rows": [{"k", "batch",
                "ats": {"median_ms", "p90_ms", "images_per_s", "gflops", "samples_ms": [...]},
-               "dense": {same}|null, "ideal": {same}|null,
+               "dense": {same}|null, "ideal": {same}|null, "fp32": {same}|null,
                "speedup_vs_dense": float|null, "ideal_speedup_vs_dense": float|null,
-               "fraction_of_ideal": float|null}]}
+               "fraction_of_ideal": float|null, "speedup_vs_fp32": float|null}]}
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ BENCH_BACKENDS = ("ort",)  # the backends bench can time (runtime.BACKENDS are t
 
 @dataclass(eq=False)  # identity hash: graphs are keys of the timing loop
 class Graph:
-    name: str  # "ats" | "dense" | "ideal"
+    name: str  # "ats" | "dense" | "ideal" | "fp32" (the fp32 file an fp16/int8 "ats" was made from)
     backend: OrtBackend  # the first session; metadata and provider come from it
     meta: dict
     path: str
@@ -104,6 +105,14 @@ def _check_baseline(ats: dict, dense: dict, path: str) -> None:
     if dense.get("family") != "dense" or list(dense.get("input_size", [])) != list(ats["input_size"]):
         raise UsageError(f"--baseline {path!r} is not a dense model with input {ats['input_size']} "
                          f"(it is {dense.get('family')!r}, input {dense.get('input_size')})")
+
+
+def _check_fp32(meta: dict, ref: dict, path: str) -> None:
+    keys = ("model", "weights", "max_k", "stages", "scheme", "mode")
+    if ref.get("precision", "fp32") != "fp32" or any(meta.get(key) != ref.get(key) for key in keys):
+        raise UsageError(f"--fp32 {path!r} is not the fp32 file of this model (it is {ref.get('model')!r}, "
+                         f"precision {ref.get('precision', 'fp32')}, weights {ref.get('weights')!r}, "
+                         f"max_k {ref.get('max_k')})")
 
 
 def _schedule(graphs: list[Graph], ks: list[int], batches: list[int]) -> list[tuple[Graph, int | None, int]]:
@@ -167,17 +176,18 @@ def report_rows(graphs: list[Graph], ks: list[int], batches: list[int], counts: 
     for batch in batches:
         for k in ks:
             row = {"k": k, "batch": batch}
-            for name in ("ats", "dense", "ideal"):
+            for name in ("ats", "dense", "ideal", "fp32"):
                 g = by.get(name)
                 key = (None if name == "dense" else k, batch)
                 row[name] = None if g is None else _stats(g.samples[key], batch, _gflops(g, k, counts.get((name, k, batch))))
             a = np.asarray(row["ats"]["samples_ms"])
-            d, i = (np.asarray(row[n]["samples_ms"]) if row[n] else None for n in ("dense", "ideal"))
+            d, i, f = (np.asarray(row[n]["samples_ms"]) if row[n] else None for n in ("dense", "ideal", "fp32"))
             # Ratios are paired per round (the two runs were seconds apart), then the median is
             # taken: on a shared machine that cancels drift better than a ratio of medians.
             row["speedup_vs_dense"] = float(np.median(d / a)) if d is not None else None
             row["ideal_speedup_vs_dense"] = float(np.median(d / i)) if d is not None and i is not None else None
             row["fraction_of_ideal"] = float(np.median(i / a)) if i is not None else None
+            row["speedup_vs_fp32"] = float(np.median(f / a)) if f is not None else None
             rows.append(row)
     return rows
 
@@ -185,8 +195,10 @@ def report_rows(graphs: list[Graph], ks: list[int], batches: list[int], counts: 
 def bench(path: str | Path, ks: list[int] | None = None, batches: list[int] | None = None, backend: str = "ort",
           threads: int | None = None, runs: int = 10, warmup: int = 2, baseline: str | Path | None = None,
           ideal: bool = False, dense: bool = True, checkpoint: str | None = None, graphs_dir: str | Path | None = None,
-          progress: Callable[[str], None] = lambda m: None, plugins: str | Path | None = None) -> dict:
-    """``plugins``: the ORT op library for a plugin-form FILE (only FILE uses it)."""
+          progress: Callable[[str], None] = lambda m: None, plugins: str | Path | None = None,
+          fp32: str | Path | None = None) -> dict:
+    """``plugins``: the ORT op library for a plugin-form FILE (only FILE uses it). ``fp32``: the
+    fp32 file an fp16/int8 FILE was made from, timed next to it at the same K."""
     if backend not in BENCH_BACKENDS:
         raise UsageError(f"bench times the {', '.join(BENCH_BACKENDS)} backend; --backend {backend!r} is not one "
                          "(run `tscli run --backend ...` to use it)")
@@ -198,6 +210,9 @@ def bench(path: str | Path, ks: list[int] | None = None, batches: list[int] | No
     ats = _open(path, threads, "ats", str(plugins) if plugins is not None else None)
     ks = check_ks(ats.meta, ks)
     graphs = [ats]
+    if fp32 is not None:
+        graphs.append(_open(fp32, threads, "fp32"))
+        _check_fp32(ats.meta, graphs[-1].meta, str(fp32))
     with tempfile.TemporaryDirectory(prefix="tscli-bench-") as tmp:
         folder = Path(graphs_dir or tmp)
         if baseline is not None:
@@ -215,5 +230,6 @@ def bench(path: str | Path, ks: list[int] | None = None, batches: list[int] | No
         "form": ats.meta.get("form", "plain"), "plugins": ats.plugins,
         "baseline": str(baseline) if baseline is not None else ("exported" if "dense" in by else None),
         "ideal": "exported" if ideal else None,
+        "precision": ats.meta.get("precision", "fp32"), "fp32": str(fp32) if fp32 is not None else None,
         "rows": report_rows(graphs, ks, batches, counts),
     }

@@ -14,9 +14,15 @@ with the installed version, prints it and records it in the manifest. What depen
   the same on every version, and the bytes it gets can be checked in ONNX Runtime anywhere.
 - precision. TF32 is cleared in every plan (TensorRT allows it by default on Ampere and newer,
   11.x too): fp32 means fp32. fp16 keeps the sampling in fp32: the plugin takes float32 only;
-  inlined sampling layers (named SAMPLING_PREFIX) are pinned to fp32 with
-  OBEY_PRECISION_CONSTRAINTS; TensorRT 11 networks are strongly typed, so the file's own types
-  decide, and the node must be fed float32.
+  inlined sampling layers and the plain form's sampling island (renamed SAMPLING_PREFIX* in the
+  parser input) are pinned to fp32 with OBEY_PRECISION_CONSTRAINTS; TensorRT 11 networks are
+  strongly typed, so the file's own types decide, and the node must be fed float32.
+- int8 is explicit quantization only: the file must hold Q/DQ nodes with int8 values and zero
+  points 0 (`tscli quantize --target tensorrt`); tscli never asks TensorRT for implicit,
+  calibrator-based int8 (deprecated since 10.1). Weakly typed networks (8.6, 10.x) get the INT8
+  builder flag, which lets the Q/DQ layers run (no calibrator; the flag is deprecated from 10.12
+  but still read); strongly typed networks (11.x) take int8 from the Q/DQ nodes with no flag.
+  The island holds no Q/DQ node, and without the FP16 flag the unquantized layers run in fp32.
 
 onnx is imported only where a graph is read or edited.
 """
@@ -37,6 +43,8 @@ SAMPLING_PREFIX = "tscli_sampling/"  # names of the inlined sampling nodes, henc
 FIRST_V3_PLUGINS = (10, 0)  # IPluginV3 and registry.load_library
 PLUGIN_BEFORE_FUNCTION = (10, 7)  # onnx-tensorrt prefers a registered plugin to the local function
 STRONGLY_TYPED = (11, 0)
+INT8_FLAG_DEPRECATED = (10, 12)
+TYPE_NAMES = {"fp32": "float32", "fp16": "float16", "int8": "int8 (Q/DQ)"}
 
 
 def parse_trt_version(text: str) -> tuple[int, int]:
@@ -64,6 +72,7 @@ class Plan:
     strongly_typed: bool
     sampling_precision: str
     profiles: list[dict] = field(default_factory=list)
+    int8_flag: bool = False
     plugin_library: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -72,7 +81,8 @@ class Plan:
 
     def lines(self) -> list[str]:
         shapes = "; ".join(", ".join(_shape_text(name, s) for name, s in p["shapes"].items()) for p in self.profiles)
-        flags = [f"tf32 {'on' if self.tf32 else 'off'}", f"fp16 {'on' if self.fp16_flag else 'off'}"]
+        flags = [f"tf32 {'on' if self.tf32 else 'off'}", f"fp16 {'on' if self.fp16_flag else 'off'}",
+                 f"int8 {'on (explicit: Q/DQ in the file)' if self.int8_flag else 'off'}"]
         if self.strongly_typed:
             flags.append("strongly typed (types from the ONNX file)")
         return [f"TensorRT {self.trt_version}, {self.form}-form file",
@@ -115,28 +125,57 @@ def choose_sampling(version: tuple[int, int], has_nodes: bool, samples: bool, li
     return STANDARD, why, [f"local functions inlined by tscli (nodes named {SAMPLING_PREFIX}*)"]
 
 
-def plan_precision(version: tuple[int, int], precision: str, sampling: str, images_type: str,
-                   file_name: str) -> tuple[bool, bool, str]:
-    """(fp16 builder flag, strongly typed, how the sampling stays fp32); refuses what cannot hold."""
+def file_precision(meta: dict, images_type: str, qdq: dict | None) -> str:
+    """fp32 | fp16 | int8: the metadata of a tscli fp16/int8 file (inputs stay float32), else the
+    graph itself (Q/DQ nodes, a float16 images input)."""
+    if meta.get("precision") in TYPE_NAMES:
+        return meta["precision"]
+    return "int8" if qdq else ("fp16" if images_type == "float16" else "fp32")
+
+
+def check_int8(precision: str, found: str, qdq: dict | None, file_name: str) -> None:
+    """int8 builds take explicit quantization only, in the form TensorRT reads; a Q/DQ file
+    builds only as int8 (one line each)."""
+    if precision == "int8" and found != "int8":
+        raise UsageError(f"--precision int8 needs explicit quantization, and {file_name} has no QuantizeLinear/"
+                         "DequantizeLinear nodes; make a QDQ file with `tscli quantize FILE --calib DIR --target "
+                         "tensorrt` (tscli does not do TensorRT's implicit, calibrator-based int8)")
+    if found == "int8" and precision != "int8":
+        raise UsageError(f"{file_name} holds Q/DQ nodes (int8): build it with --precision int8")
+    if precision == "int8" and qdq and (qdq.get("nonzero_zero_points") or "uint8" in qdq.get("activation_types", [])):
+        raise UsageError(f"{file_name} was quantized for the CPU (uint8 activations with zero points); TensorRT takes "
+                         "int8 Q/DQ with zero points 0: quantize again with `--target tensorrt`")
+
+
+def plan_precision(version: tuple[int, int], precision: str, sampling: str, found: str,
+                   file_name: str) -> tuple[bool, bool, str, bool]:
+    """(fp16 builder flag, strongly typed, how the sampling stays fp32, int8 builder flag);
+    refuses what cannot hold. ``found``: the file's own precision (file_precision)."""
     strongly = version >= STRONGLY_TYPED
     if strongly:
-        want = "float16" if precision == "fp16" else "float32"
-        if images_type != want:
+        if found != precision:
             raise UsageError(f"TensorRT {version[0]} builds strongly typed networks: precision comes from the ONNX "
-                             f"file, and {file_name} is {images_type}; --precision {precision} needs a {want} ONNX "
-                             f"(or use --precision {'fp32' if want == 'float16' else 'fp16'})")
+                             f"file, and {file_name} is {TYPE_NAMES[found]}; --precision {precision} needs a "
+                             f"{TYPE_NAMES[precision]} ONNX (or use --precision {found})")
         how = "fp32 (strongly typed: the graph feeds it float32)" if sampling != NONE else "n/a"
-        return False, True, how
+        return False, True, how, False
+    if found == "fp16" and precision != "fp16":
+        raise UsageError(f"{file_name} is float16 (tscli convert): build it with --precision fp16")
+    if precision == "int8":
+        how = "fp32 (no Q/DQ in the sampling island; unquantized layers run fp32)" if sampling != NONE else "n/a"
+        return False, False, how, True
     if precision == "fp32" or sampling == NONE:
-        return False, False, "fp32" if sampling != NONE else "n/a"
+        return precision == "fp16", False, "fp32" if sampling != NONE else "n/a", False
     if sampling == PLUGIN:
-        return True, False, "fp32 (the plugin accepts float32 only)"
-    return True, False, f"fp32 (layers {SAMPLING_PREFIX}* pinned with OBEY_PRECISION_CONSTRAINTS)"
+        return True, False, "fp32 (the plugin accepts float32 only)", False
+    return True, False, f"fp32 (layers {SAMPLING_PREFIX}* pinned with OBEY_PRECISION_CONSTRAINTS)", False
 
 
 def make_plan(version: tuple[int, int], version_text: str, meta: dict, has_nodes: bool, library: str | None,
               precision: str, images_type: str, file_name: str, profiles: list[dict],
-              defaulted: list[str]) -> Plan:
+              defaulted: list[str], qdq: dict | None = None, island: int = 0) -> Plan:
+    """``qdq``: the file's Q/DQ summary (tools/quantize.quantization_summary) or None; ``island``:
+    how many plain-form sampling-island nodes the parser input renames for fp32 pinning."""
     samples = meta.get("family") != C.FAMILY_DENSE
     notes = []
     if library and has_nodes and version < FIRST_V3_PLUGINS:
@@ -147,9 +186,16 @@ def make_plan(version: tuple[int, int], version_text: str, meta: dict, has_nodes
         edits = [f"default of {', '.join(defaulted)} dropped (stays an engine input)", *edits]
     if library and not has_nodes:
         notes.append("the plugin library is not used: this file has no tscli.ATSSample nodes")
-    fp16_flag, strongly, how = plan_precision(version, precision, sampling, images_type, file_name)
+    found = file_precision(meta, images_type, qdq)
+    check_int8(precision, found, qdq, file_name)
+    fp16_flag, strongly, how, int8_flag = plan_precision(version, precision, sampling, found, file_name)
+    if int8_flag and version >= INT8_FLAG_DEPRECATED:
+        notes.append("the INT8 builder flag is deprecated from TensorRT 10.12 (strong typing supersedes it); "
+                     "it is still read there and only lets the file's Q/DQ layers run")
+    if fp16_flag and not strongly and sampling == STANDARD and island:
+        edits = [*edits, f"sampling-island nodes renamed {SAMPLING_PREFIX}* ({island}; pinned to fp32)"]
     return Plan(version_text, meta.get("form", "plain"), sampling, why, edits, precision, False, fp16_flag, strongly,
-                how, profiles, library if has_nodes else None, notes)
+                how, profiles, library if has_nodes else None, notes, int8_flag)
 
 
 def sample_nodes(model) -> list:
@@ -182,11 +228,17 @@ def node_type_problem(model) -> str | None:
     return None
 
 
-def parser_model(model, plan: Plan, defaulted: list[str]):
+def parser_model(model, plan: Plan, defaulted: list[str], island: list[str] | None = None):
     """The model TensorRT's parser gets under ``plan`` (``model`` itself is edited), or None when
-    the file's bytes go as they are."""
+    the file's bytes go as they are. ``island``: the sampling island's node names (renamed when
+    the plan says so, so that an fp16 build pins their layers to fp32)."""
     if not plan.edits:
         return None
+    if island and any("sampling-island nodes renamed" in e for e in plan.edits):
+        members = set(island)
+        for node in model.graph.node:
+            if node.name in members:
+                node.name = f"{SAMPLING_PREFIX}island/{node.name}"
     if defaulted:
         keep = [t for t in model.graph.initializer if t.name not in defaulted]
         del model.graph.initializer[:]

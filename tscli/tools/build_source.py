@@ -13,6 +13,8 @@ from .. import contract as C
 from ..errors import ModelFileError, UsageError, first_line
 from ..runtime.ort.session import OrtBackend
 from . import build_plan as P
+from .precision import island_nodes
+from .quantize import quantization_summary
 
 
 @dataclass
@@ -29,6 +31,8 @@ class SourceInfo:
     defaulted_inputs: list[str] = field(default_factory=list)
     model: object | None = None  # the loaded onnx.ModelProto (None on a host without onnx)
     node_problem: str | None = None  # tscli.ATSSample nodes off the plugin's types (build_plan)
+    qdq: dict | None = None  # Q/DQ summary of an int8 file (tools/quantize.quantization_summary), else None
+    island: list[str] = field(default_factory=list)  # sampling-island node names (tools/precision.py)
 
     @property
     def has_nodes(self) -> bool:
@@ -67,15 +71,18 @@ def read_source(path: str | Path) -> SourceInfo:
         report = lint_model(model)
         defaulted = [i.name for i in model.graph.input if i.name in init]
         problem = P.node_type_problem(model) if P.sample_nodes(model) else None
+        qdq = quantization_summary(model) if any(n.op_type == "DequantizeLinear" for n in model.graph.node) else None
         return SourceInfo(path, meta, [i.name for i in inputs], types, _custom_ops_from_onnx(model),
-                          None if report.ok else report.first_error(), defaulted, model, problem)
+                          None if report.ok else report.first_error(), defaulted, model, problem, qdq,
+                          island_nodes(model, required=False))
     backend = OrtBackend(path)
     meta = C.decode_metadata(backend.metadata_props)
     types = {i.name: i.type.replace("tensor(", "").rstrip(")").replace("float", "float32").replace("3216", "16")
              for i in backend.session.get_inputs()}
     ops = [{"name": C.SAMPLE_OP, "namespace": C.PLUGIN_DOMAIN, "version": C.PLUGIN_VERSION}] if meta.get("form") == "plugin" else []
     defaulted = [i.name for i in backend.session.get_overridable_initializers()]
-    return SourceInfo(path, meta, backend.input_names, types, ops, defaulted_inputs=defaulted)
+    return SourceInfo(path, meta, backend.input_names, types, ops, defaulted_inputs=defaulted,
+                      qdq=meta.get("quantization") if meta.get("precision") == "int8" else None)
 
 
 def refuse_unbuildable(src: SourceInfo) -> None:

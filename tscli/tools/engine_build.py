@@ -41,7 +41,7 @@ from .build_source import SourceInfo, read_source, refuse_unbuildable
 __all__ = ["BuildOptions", "BuildPlan", "BuildResult", "SourceInfo", "build_engine", "dry_run", "plan_build",
            "read_source", "refuse_unbuildable"]
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: explicit quantization (a QDQ file) only
 
 
 @dataclass
@@ -115,15 +115,18 @@ def finish_plan(bp: BuildPlan, version: tuple[int, ...], version_text: str, prec
     bp.plugin_library = library
     plan = P.make_plan(tuple(version[:2]), version_text, src.meta, src.has_nodes, str(library) if library else None,
                        precision, src.input_types.get(C.INPUT_IMAGES, "float32"), src.path.name,
-                       [p.to_dict() for p in bp.profiles], src.defaulted_inputs)
+                       [p.to_dict() for p in bp.profiles], src.defaulted_inputs, src.qdq, len(src.island))
     if note:
         plan.notes.append(note)
+    if plan.fp16_flag and not plan.strongly_typed and plan.sampling == P.STANDARD and src.model is None:
+        plan.notes.append("without the onnx package the plain form's sampling island cannot be pinned to fp32: "
+                          "it may run in fp16 (pip install onnx)")
     if src.node_problem and (plan.sampling == P.PLUGIN or plan.fp16_flag or plan.strongly_typed):
         raise UsageError(f"{src.path.name}: {src.node_problem}")
     if plan.edits:
         if src.model is None:
             raise P.need_onnx(src.path.name, plan)
-        bp.parser_bytes = P.parser_model(src.model, plan, src.defaulted_inputs).SerializeToString()
+        bp.parser_bytes = P.parser_model(src.model, plan, src.defaulted_inputs, src.island).SerializeToString()
     bp.plan = plan
     return plan
 
@@ -171,6 +174,8 @@ def configure_precision(trt, builder, config, plan: P.Plan) -> list[str]:
     typed networks (11.x) take fp16 from the file, so the FP16 flag is set only where it counts."""
     if not plan.tf32 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
+    if plan.int8_flag:  # explicit quantization: lets the file's Q/DQ layers run; no calibrator is set
+        config.set_flag(trt.BuilderFlag.INT8)
     if plan.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
         if not getattr(builder, "platform_has_fast_fp16", True):
@@ -327,7 +332,7 @@ def build_engine(opts: BuildOptions, progress=lambda msg: None, show_plan=lambda
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     progress("parsing the ONNX graph")
     parse_onnx(trt, network, logger, bp)
-    if plan.fp16_flag and plan.sampling == P.STANDARD and bp.source.has_nodes:
+    if plan.fp16_flag and plan.sampling == P.STANDARD and (bp.source.has_nodes or bp.source.island):
         if not pin_sampling_fp32(trt, network, config):
             warnings.append(f"no layer named {P.SAMPLING_PREFIX}* found: the inlined sampling may run in fp16")
     add_profiles(builder, config, bp.profiles)

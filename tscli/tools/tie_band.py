@@ -7,11 +7,13 @@ midpoint between the two CDF values. Each CDF value is a float sum of at most n 
 scores (n = valid candidates), so one implementation's CDF is within n*u_s (summation in any
 order plus the normalising division, u_s the unit roundoff of the sampling arithmetic, which is
 always float32) plus u_a (the relative error the scores inherit from the network's activations:
-float32, or float16 in an fp16 engine) of the exact value; two implementations are within twice
+float32, float16 in an fp16 file or engine, int8 in a QDQ file: half a quantization step
+relative to the calibrated range, 2**-8) of the exact value; two implementations are within twice
 that of each other, and the midpoint moves by as much. A decision can flip only when
 |x - midpoint| <= 2 (n u_s + u_a), that is when its margin is below
 
-    band = 4 * (n * u_s + u_a)        (fp32: 4.7e-5 for n = 196; 1.5e-5 for n = 64)
+    band = 4 * (n * u_s + u_a)        (fp32: 4.7e-5 for n = 196; 1.5e-5 for n = 64;
+                                       fp16: 2.0e-3; int8: 1.6e-2 for n = 196)
 
 DoViT: a token stops when q = max softmax of an aux head > xi; q comes from dot products of
 length D (embed dim) and a softmax over C classes, so each implementation's q is within
@@ -42,7 +44,9 @@ from ..contract import TOPK
 from ..errors import UsageError
 from ..models.sampling import decision_contest, normalise_scores
 
-UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "fp16": 2.0 ** -11}
+# int8: symmetric int8 has 127 steps per sign over the calibrated |range|, half a step is
+# range/254 < 2**-7.99 of it; uint8 has 255 steps over max - min <= 2 |range|: the same bound.
+UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "fp16": 2.0 ** -11, "int8": 2.0 ** -8}
 SAMPLING_ROUNDOFF = UNIT_ROUNDOFF["fp32"]  # the sampling step always runs in float32
 
 
