@@ -209,14 +209,18 @@ def quality_inputs(meta: dict, data: str | Path | None, limit: int | None):
         from ..data.samples import sample_images
 
         return preprocess([a for _, a in sample_images(limit)], meta), None, "scikit-image samples"
-    x, y, _ = load_data(data, "auto", meta, limit)
-    return x, y, str(data)
+    files, y, _ = load_data(data, "auto", meta, limit)  # image files, read a batch at a time below
+    return files, y, str(data)
 
 
-def _evaluate(entry: Entry, x: np.ndarray) -> None:
+def _evaluate(entry: Entry, x) -> None:
+    """x: preprocessed float32 NCHW, or image files (read EVAL_BATCH at a time)."""
     tops, counts = [], []
     for i in range(0, len(x), EVAL_BATCH):
-        out = entry.runner.infer(x[i:i + EVAL_BATCH])
+        chunk = x[i:i + EVAL_BATCH]
+        if not isinstance(chunk, np.ndarray):
+            chunk = preprocess([str(p) for p in chunk], entry.meta)
+        out = entry.runner.infer(chunk)
         tops.append(out[C.OUTPUT_LOGITS].argmax(-1))
         counts.append(out[C.OUTPUT_COUNTS])
     entry.top1, entry.counts = np.concatenate(tops), np.concatenate(counts)
@@ -272,8 +276,9 @@ def compare(files: list[str | Path], budgets: dict[str, list[str] | None] | None
         for i, e in enumerate(entries):
             progress(f"quality {i + 1}/{len(entries)}: {e.method.name(e.meta)} {e.method.point(e.meta, e.budget)}")
             _evaluate(e, x)
-        reps = -(-max(batches) // len(x))
-        inputs = {b: np.concatenate([x] * reps)[:b] for b in batches}
+        timed = x if isinstance(x, np.ndarray) else preprocess([str(p) for p in x[:max(batches)]], meta)
+        reps = -(-max(batches) // len(timed))
+        inputs = {b: np.concatenate([timed] * reps)[:b] for b in batches}
         items = [(e, b) for b in batches for e in entries]
         timings = interleaved(items, lambda item: item[0].runner.infer(inputs[item[1]]), runs, warmup, progress)
         for (e, b), seconds in timings.samples.items():
