@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 
 from tscli import contract as C
@@ -165,3 +166,25 @@ def test_bad_input_is_one_line_exit_2(files, tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_dynamicvit_and_evit_take_a_rate(files, tmp_path):
+    """DynamicViT / EViT files join with their load-time keep rate; GFLOPs from their kept counts."""
+    from tscli.tools.checked_export import ReductionExportOptions, export_reduction
+    from tscli.tools.compare import compare
+
+    paths = {m: export_reduction(ReductionExportOptions(m, output=str(tmp_path / f"{m}.onnx"), validate=False)).path
+             for m in ("tiny_dynamicvit", "tiny_evit")}
+    report = compare([paths["tiny_dynamicvit"], paths["tiny_evit"], files["dense"]], {"rate": ["0.5"]},
+                     batches=[1], runs=1, warmup=0)
+    rows = {(r["method"], r["point"]): r for r in report["rows"]}
+    assert list(rows) == [("DynamicViT", "rate=0.5"), ("EViT", "rate=0.5"), ("dense", "")]
+    for name, family in (("DynamicViT", C.FAMILY_DYNAMICVIT), ("EViT", C.FAMILY_EVIT)):
+        model = onnx.load(str(paths[f"tiny_{family}"]))
+        meta = C.decode_metadata({p.key: p.value for p in model.metadata_props})
+        counts = C.check_rate(0.5, meta)[1]
+        want = F.reduction_flops(F.arch_from_meta(meta), family, counts) / 1e9
+        assert rows[(name, "rate=0.5")]["gflops"] == pytest.approx(want)
+        assert rows[(name, "rate=0.5")]["gflops"] < rows[("dense", "")]["gflops"]
+    with pytest.raises(UsageError, match="rate=1.5 is out of range"):
+        compare([paths["tiny_evit"], files["dense"]], {"rate": ["1.5"]}, batches=[1], runs=1, warmup=0)

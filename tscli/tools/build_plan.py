@@ -195,7 +195,7 @@ def make_plan(version: tuple[int, int], version_text: str, meta: dict, has_nodes
     if fp16_flag and not strongly and sampling == STANDARD and island:
         edits = [*edits, f"sampling-island nodes renamed {SAMPLING_PREFIX}* ({island}; pinned to fp32)"]
     return Plan(version_text, meta.get("form", "plain"), sampling, why, edits, precision, False, fp16_flag, strongly,
-                how, profiles, library if has_nodes else None, notes, int8_flag)
+                how, profiles, int8_flag=int8_flag, plugin_library=library if has_nodes else None, notes=notes)
 
 
 def sample_nodes(model) -> list:

@@ -64,7 +64,7 @@ class Method:
     check: Callable[[dict, object], object] = lambda meta, value: value
     defaults: Callable[[dict], list] = lambda meta: [None]
     point: Callable[[dict, object], str] = lambda meta, value: ""  # a budget as a short label
-    dims: Callable[[object], dict] = lambda value: {}  # named dims pinned in the session for a budget
+    dims: Callable[[dict, object], dict] = lambda meta, value: {}  # named dims pinned in the session for a budget
 
 
 def _ats_gflops(meta: dict, k: int, counts: np.ndarray | None) -> float:
@@ -81,10 +81,24 @@ METHODS: dict[str, Method] = {
         + (" trimmed" if meta.get("mode") == "trimmed" else ""),
         gflops=_ats_gflops, budget="k", check=lambda meta, k: C.check_k(k, meta["max_k"], "--k"),
         defaults=lambda meta: C.default_ks(meta["max_k"]), point=lambda meta, k: f"K={k}",
-        dims=lambda k: {C.DIM_K: k}),
+        dims=lambda meta, k: {C.DIM_K: k}),
     C.FAMILY_TOME: Method(name=lambda meta: "ToMe", gflops=lambda meta, _, __: F.gflops(meta),
                           point=lambda meta, _: f"r={meta['r']}"),
 }
+
+
+def _rate_counts(meta: dict, rate: float) -> list[int]:
+    return C.check_rate(rate, meta)[1]
+
+
+for _family, _name in ((C.FAMILY_DYNAMICVIT, "DynamicViT"), (C.FAMILY_EVIT, "EViT")):
+    METHODS[_family] = Method(
+        name=lambda meta, _name=_name: _name,
+        gflops=lambda meta, rate, _: F.reduction_flops(F.arch_from_meta(meta), meta["family"],
+                                                       _rate_counts(meta, rate)) / 1e9,
+        budget="rate", parse=float, check=lambda meta, rate: C.check_rate(rate, meta)[0],
+        defaults=lambda meta: [float(meta["rate"])], point=lambda meta, rate: f"rate={rate:g}",
+        dims=lambda meta, rate: {C.keep_dim(s): c for s, c in enumerate(_rate_counts(meta, rate))})
 
 
 @dataclass(eq=False)  # identity hash: entries are keys of the timing loop
@@ -228,7 +242,7 @@ def _evaluate(entry: Entry, x) -> None:
 
 def _open_entry(path: Path, meta: dict, budget, threads: int | None) -> Entry:
     method = METHODS[meta["family"]]
-    backend = OrtBackend(path, threads=threads, fixed_dims=method.dims(budget) if method.budget else None,
+    backend = OrtBackend(path, threads=threads, fixed_dims=method.dims(meta, budget) if method.budget else None,
                          stop_spinning=True)
     runner = Runner(backend, **({method.budget: budget} if method.budget else {}))
     return Entry(path, meta, method, budget, runner)
