@@ -32,7 +32,7 @@ def quantize(
     opts = QuantizeOptions(str(file), str(calib), n, method, optional_str(output), target, batch, check_n)
     check_options(opts)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("calibrating", total=None)
         result = run_quantize(opts, on_batch=lambda done, total: bar.update(task, completed=done, total=total),
                               progress=lambda msg: bar.update(task, description=msg))
