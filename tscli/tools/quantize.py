@@ -64,8 +64,9 @@ class _Reader:
     (memory stays bounded), each batch at the next K of ``ks`` in turn."""
 
     def __init__(self, files: list[Path], meta: dict, batch: int, ks: list[int | None],
-                 on_batch: Callable[[int, int], None]):
+                 on_batch: Callable[[int, int], None], full_batches: bool = False):
         self.files, self.meta, self.batch, self.ks, self.on_batch = files, meta, batch, ks, on_batch
+        self.full_batches = full_batches
         self.pos = 0
         self.count = 0
 
@@ -73,6 +74,8 @@ class _Reader:
         if self.pos >= len(self.files):
             return None
         chunk = self.files[self.pos:self.pos + self.batch]
+        if self.full_batches and len(chunk) < self.batch:  # histograms need one shape: fill from the start
+            chunk = chunk + [self.files[i % len(self.files)] for i in range(self.batch - len(chunk))]
         feed = {C.INPUT_IMAGES: preprocess([str(p) for p in chunk], self.meta)}
         k = self.ks[self.count % len(self.ks)]
         if k is not None:
@@ -105,8 +108,12 @@ def check_options(opts: QuantizeOptions) -> None:
         raise UsageError(f"--check-n {opts.check_n} is invalid; give a number >= 0 (0 skips the check)")
 
 
-def calibration_ks(meta: dict) -> list[int | None]:
-    return C.default_ks(meta["max_k"]) if meta.get("max_k") else [None]
+def calibration_ks(meta: dict, method: str = "minmax") -> list[int | None]:
+    """minmax alternates K between max_k and max_k/2; the histogram methods (entropy, percentile)
+    stack every batch's tensors into one array, so they run at max_k only, in full batches."""
+    if not meta.get("max_k"):
+        return [None]
+    return C.default_ks(meta["max_k"]) if method == "minmax" else [int(meta["max_k"])]
 
 
 def _settings(opts: QuantizeOptions):
@@ -195,12 +202,12 @@ def quantize(opts: QuantizeOptions, on_batch: Callable[[int, int], None] = lambd
     out = check_output_file(opts.output or str(src.with_suffix("")) + ".int8.onnx", inputs=[str(src)])
     files = images_in(opts.calib, opts.n)
     island = PR.island_nodes(model)
-    ks = calibration_ks(meta)
+    ks = calibration_ks(meta, opts.method)
     with tempfile.TemporaryDirectory(prefix="tscli-quantize-") as tmp:
         dst = Path(tmp) / "int8.onnx"
         progress(f"calibrating on {len(files)} images ({opts.method})")
         with contextlib.redirect_stdout(None):
-            _quantize_static(src, dst, _Reader(files, meta, opts.batch, ks, on_batch), island, opts)
+            _quantize_static(src, dst, _Reader(files, meta, opts.batch, ks, on_batch, full_batches=opts.method != "minmax"), island, opts)
         import onnx
 
         qmodel = onnx.load(str(dst))
