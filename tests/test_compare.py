@@ -186,5 +186,8 @@ def test_dynamicvit_and_evit_take_a_rate(files, tmp_path):
         want = F.reduction_flops(F.arch_from_meta(meta), family, counts) / 1e9
         assert rows[(name, "rate=0.5")]["gflops"] == pytest.approx(want)
         assert rows[(name, "rate=0.5")]["gflops"] < rows[("dense", "")]["gflops"]
+    # no dense FILE: the dense model is exported from the DynamicViT file's backbone (predictors left out)
+    alone = compare([paths["tiny_dynamicvit"]], {"rate": ["0.5"]}, batches=[1], runs=1, warmup=0)
+    assert [(r["method"], r["point"]) for r in alone["rows"]] == [("dense", ""), ("DynamicViT", "rate=0.5")]
     with pytest.raises(UsageError, match="rate=1.5 is out of range"):
         compare([paths["tiny_evit"], files["dense"]], {"rate": ["1.5"]}, batches=[1], runs=1, warmup=0)
