@@ -53,7 +53,7 @@ def run(
     """Run images through an exported model: predictions and kept tokens per stage."""
     from ..runtime import load
     from ..runtime.images import images_in
-    from ..runtime.runner import RandomWeightsWarning, describe_weights
+    from ..runtime.runner import describe_weights
     from ..runtime.segmentation import output_stems
 
     positive(topk, "--topk")
@@ -65,20 +65,25 @@ def run(
                   rate=parse_rate(rate))
     print_caveat(runner)
     if explain is not None:
-        if C.is_reduction(runner.meta) or runner.meta.get("family") == C.FAMILY_TOME:
-            raise UsageError(f"--explain draws ATS token maps and DoViT stop maps; {runner.meta['model']!r} is a "
-                             f"{runner.meta['family']} file")
         explain = _explain_folder(runner, explain)
+    stems = output_stems(files)
+    if C.is_segmentation(runner.meta):
+        _run_seg(runner, files, out_dir, as_json, explain, stems)
+    else:
+        _run_classification(runner, files, topk, batch, explain, stems, as_json)
+    # Said after the work, so that a bad image stays a one-line error.
     if runner.random_weights:
         note(f"{Path(file).name}: weights {describe_weights(runner.meta)}")
     if runner.profile is not None:
         _say_profile(runner, file, profiles)
-    stems = output_stems(files)
-    if C.is_segmentation(runner.meta):
-        return _run_seg(runner, files, out_dir, as_json, explain, stems)
+
+
+def _run_classification(runner, files: list[Path], topk: int, batch: int, explain, stems: dict, as_json: bool) -> None:
+    from ..runtime.runner import RandomWeightsWarning, describe_weights
+
     preds = []
     for chunk in progress_bar(files, "images", batch):
-        with warnings.catch_warnings():  # said once above, as a note
+        with warnings.catch_warnings():  # said once, as a note after the run
             warnings.simplefilter("ignore", RandomWeightsWarning)
             got = runner.predict([str(f) for f in chunk], topk=topk)
         if explain is not None:
