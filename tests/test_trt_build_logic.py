@@ -173,8 +173,8 @@ def test_trimmed_and_data_dependent_graphs_refused(tmp_path):
 
 
 def test_bad_options_refused_before_tensorrt(onnx_file, tmp_path):
-    with pytest.raises(UsageError, match="unknown --precision 'int8'; valid: fp32, fp16"):
-        B.plan_build(B.BuildOptions(str(onnx_file), precision="int8"))
+    with pytest.raises(UsageError, match="unknown --precision 'int4'; valid: fp32, fp16, int8"):
+        B.plan_build(B.BuildOptions(str(onnx_file), precision="int4"))
     with pytest.raises(UsageError, match=r"K range 8\.\.33 is outside this file's 1\.\.32"):
         B.plan_build(B.BuildOptions(str(onnx_file), k_ranges=["8:16:33"]))
     with pytest.raises(UsageError, match="plugin library .* does not exist"):

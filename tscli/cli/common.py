@@ -78,7 +78,13 @@ def positive(value: int, option: str) -> int:
 
 
 def print_json(data) -> None:
-    out.print_json(json.dumps(data))
+    """Colourised on a terminal; plain text otherwise (rich's highlighting of a large report, e.g.
+    the kept positions of hundreds of images, costs hundreds of MB and nothing to a pipe)."""
+    text = json.dumps(data, indent=2)
+    if out.is_terminal:
+        out.print_json(text)
+    else:
+        sys.stdout.write(text + "\n")
 
 
 def yes_no(ok: bool) -> str:
