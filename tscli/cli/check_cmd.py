@@ -65,10 +65,7 @@ def parity(
         with status("running parity"):
             report = reduction_parity_for_file(file, checkpoint, images, n, parse_floats(rate, "--rate"), threads,
                                                backend, probe, on_runner=print_caveat)
-        print_json(report.to_dict()) if as_json else print_parity(report)
-        if not report.ok:
-            raise typer.Exit(1)
-        return
+        return _finish(report, as_json, print_parity)
     if rate:
         raise UsageError("--rate applies to DynamicViT / EViT files")
     seg = C.is_segmentation(probe.meta)
@@ -81,10 +78,12 @@ def parity(
             report = seg_parity_for_file(file, checkpoint, images, n, parse_floats(xi, "--xi"), threads)
         else:
             report = parity_for_file(file, checkpoint, images, n, parse_k_list(k), threads, backend, plugins, probe)
-    if as_json:
-        print_json(report.to_dict())
-    else:
-        print_parity(report)
+    _finish(report, as_json, print_parity)
+
+
+def _finish(report, as_json: bool, show) -> None:
+    """Print a parity report (JSON or ``show``'s table); a failed check exits 1."""
+    print_json(report.to_dict()) if as_json else show(report)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -96,12 +95,7 @@ def _precision_parity(file, meta, reference, min_agreement, checkpoint, images, 
     with status(f"comparing the {meta['precision']} file's decisions") as spinner:
         report = precision_parity(file, reference, images, n, parse_k_list(k), threads, optional_str(checkpoint),
                                   min_agreement, progress=lambda msg: spinner.update(msg))
-    if as_json:
-        print_json(report.to_dict())
-    else:
-        print_precision_parity(report)
-    if not report.ok:
-        raise typer.Exit(1)
+    _finish(report, as_json, print_precision_parity)
 
 
 def inspect(file: Path = typer.Argument(..., help="Exported .onnx file."), as_json: JsonFlag = False):

@@ -26,7 +26,7 @@ from ..models.labels import label_names
 from ..models.pretrained import resolve as resolve_pretrained
 from ..models.registry import parse_stages
 from ..models.tome import ToMeExportWrapper
-from .exporter import Validator, check_opset, check_seed, run_exporter, stamp, write_checked
+from .exporter import bound_check, check_opset, check_seed, run_exporter, stamp, write_checked
 from .lint import LintReport
 from .plugin_form import to_plugin_form, translation_table
 
@@ -174,11 +174,6 @@ def export_ats(opts: ExportOptions, validate: Callable[[str, BuiltModel, dict], 
         model = to_plugin_form(model, cfg.scheme, opts.opset)
     meta = metadata_for(built, max_k, opts)
     stamp(model, meta)
-    check: Validator | None = None
-    if opts.validate and validate is not None:
-        def check(tmp: str):
-            progress("validating ONNX Runtime against PyTorch")
-            return validate(tmp, built, meta)
-
+    check = bound_check(validate, opts.validate, built, meta, progress)
     lint, report = write_checked(model, out, check, progress)
     return ExportResult(out, meta, lint, report)

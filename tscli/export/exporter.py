@@ -107,6 +107,20 @@ def optimize_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnxscript.optimizer.optimize(model)
 
 
+def bound_check(validate, enabled: bool, built, meta: dict, progress: Callable[[str], None],
+                what: str = "PyTorch") -> Validator | None:
+    """The check write_checked runs on the temporary file: ``validate(tmp, built, meta)``, or None
+    when validation is off or no validator was passed in (export/ never imports the runtime)."""
+    if not enabled or validate is None:
+        return None
+
+    def check(tmp: str):
+        progress(f"validating ONNX Runtime against {what}")
+        return validate(tmp, built, meta)
+
+    return check
+
+
 def write_checked(model: onnx.ModelProto, out: Path, validate: Validator | None = None,
                   progress: Callable[[str], None] = lambda msg: None) -> tuple[LintReport, object | None]:
     """Save beside ``out`` under a temporary name, run the full checker, the lint and

@@ -27,7 +27,7 @@ from ..models.catalog import get_config
 from ..models.factory import BuiltModel, build_from_metadata, build_model, vit_kwargs
 from ..models.reduction import ReductionExportWrapper
 from .ats_export import ExportResult, metadata_for
-from .exporter import check_opset, optimize_graph, run_exporter, stamp, write_checked
+from .exporter import bound_check, check_opset, optimize_graph, run_exporter, stamp, write_checked
 
 MODE = "static"  # every image keeps the same K_s tokens: no padding slots, unlike ATS's "padded"
 
@@ -96,12 +96,7 @@ def export_reduction(opts: ReductionExportOptions, validate: Callable[[str, Buil
     model = _torch_export(built, fields, opts.opset)
     meta = metadata_for(built, None, opts) | fields
     stamp(model, meta)
-    check = None
-    if opts.validate and validate is not None:
-        def check(tmp: str):
-            progress("validating ONNX Runtime against PyTorch")
-            return validate(tmp, built, meta)
-
+    check = bound_check(validate, opts.validate, built, meta, progress)
     lint, report = write_checked(model, out, check, progress)
     return ExportResult(out, meta, lint, report)
 

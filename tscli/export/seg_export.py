@@ -27,7 +27,7 @@ from ..models.catalog import get_config
 from ..models.dovit import PaddedExport
 from ..models.factory import BuiltModel, build_model
 from ..models.registry import SegConfig, parse_hw
-from .exporter import check_opset, check_seed, optimize_graph, run_exporter, stamp, write_checked
+from .exporter import bound_check, check_opset, check_seed, optimize_graph, run_exporter, stamp, write_checked
 from .lint import LintReport
 
 
@@ -131,12 +131,7 @@ def export_seg(opts: SegExportOptions, validate: Callable[[str, BuiltModel, dict
     model = _torch_export(built, hw, cap, xi, opts.opset)
     meta = metadata_for(built, hw, cap, xi, opts.opset)
     stamp(model, meta)
-    check = None
-    if opts.validate and validate is not None:
-        def check(tmp: str):
-            progress("validating ONNX Runtime against the variable-length PyTorch reference")
-            return validate(tmp, built, meta)
-
+    check = bound_check(validate, opts.validate, built, meta, progress, "the variable-length PyTorch reference")
     lint, report = write_checked(model, out, check, progress)
     return SegExportResult(out, meta, lint, report)
 
