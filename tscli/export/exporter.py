@@ -25,6 +25,7 @@ from .. import __version__
 from .. import contract as C
 from ..errors import TscliError, UsageError
 from ..files import atomic_path
+from .fusable import fusable_forms
 from .lint import LintReport, lint_model
 
 MIN_OPSET = 17
@@ -67,14 +68,16 @@ def _quiet_stderr_fd() -> Iterator[None]:
 def run_exporter(module: torch.nn.Module, example: tuple, names: tuple[list[str], list[str]], dynamic: dict,
                  opset: int, translation: dict | None = None) -> onnx.ModelProto:
     """torch.onnx.export the way every tscli exporter calls it: dynamo, one file (no external
-    data), the given dynamic dims, and quiet (the exporter prints progress and a long report,
+    data), GELU and attention in the forms runtimes fuse (export/fusable.py), the given dynamic
+    dims, and quiet (the exporter prints progress and a long report,
     warns about its own internals, and logs or prints every data-dependent size of a trimmed
     export). Its errors still surface: they are exceptions, and say what went wrong."""
     shape_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
     level = shape_log.level
     shape_log.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet_stderr_fd():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet_stderr_fd(), \
+                fusable_forms(module):
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(
                 module, example, dynamo=True, external_data=False, opset_version=opset, verbose=False,
@@ -84,6 +87,27 @@ def run_exporter(module: torch.nn.Module, example: tuple, names: tuple[list[str]
     finally:
         shape_log.setLevel(level)
     return prog.model_proto
+
+
+def run_static_exporter(module: torch.nn.Module, example: tuple, names: tuple[list[str], list[str]],
+                        dynamic: tuple[dict, ...], opset: int) -> onnx.ModelProto:
+    """Export a graph without token selection (bench's dense baseline and bound) the way it runs
+    fastest: torch's TorchScript exporter, whose graph ONNX Runtime ran 2-5 % faster at batch 1
+    than dynamo's graph of the same module (same kernels, less executor overhead; measured,
+    docs/design.md "Graph speed"). ``dynamic``: per positional input, {axis: torch.export.Dim};
+    every output's axis 0 is the batch. A torch without that exporter gets dynamo's graph."""
+    axes = {name: {axis: dim.__name__ for axis, dim in dims.items()} for name, dims in zip(names[0], dynamic)}
+    axes |= {name: {0: C.DIM_BATCH} for name in names[1]}
+    buffer = io.BytesIO()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet_stderr_fd(), \
+                fusable_forms(module):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, example, buffer, dynamo=False, opset_version=opset, input_names=names[0],
+                              output_names=names[1], dynamic_axes=axes)
+    except Exception:  # no TorchScript exporter in this torch (it is deprecated): the same graph, slower
+        return optimize_graph(run_exporter(module, example, names, dynamic, opset))
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def stamp(model: onnx.ModelProto, meta: dict) -> onnx.ModelProto:

@@ -27,7 +27,7 @@ from ..models.catalog import get_config
 from ..models.factory import BuiltModel, build_from_metadata, build_model, vit_kwargs
 from ..models.reduction import ReductionExportWrapper
 from .ats_export import ExportResult, metadata_for
-from .exporter import bound_check, check_opset, optimize_graph, run_exporter, stamp, write_checked
+from .exporter import bound_check, check_opset, run_exporter, run_static_exporter, stamp, write_checked
 
 MODE = "static"  # every image keeps the same K_s tokens: no padding slots, unlike ATS's "padded"
 
@@ -112,8 +112,8 @@ def export_dense_baseline(meta: dict, path: str | Path, checkpoint: str | None =
     dense.load_state_dict({k: own[k] for k in dense.state_dict()}, strict=True)
     batch = torch.export.Dim(C.DIM_BATCH, min=1, max=4096)
     images = torch.randn(2, *meta["input_size"])
-    model = optimize_graph(run_exporter(dense.eval(), (images,), ([C.INPUT_IMAGES], [C.OUTPUT_LOGITS]),
-                                        {"x": {0: batch}}, int(meta["opset"])))
+    model = run_static_exporter(dense.eval(), (images,), ([C.INPUT_IMAGES], [C.OUTPUT_LOGITS]), ({0: batch},),
+                                int(meta["opset"]))
     ref = {k: v for k, v in meta.items() if k not in C.REDUCTION_META_KEYS}
     stamp(model, ref | {"family": C.FAMILY_DENSE, "bench_graph": "dense", "stages": [], "mode": "padded",
                         "model": meta.get("dense_name") or f"{meta['model']}-dense"})
