@@ -36,6 +36,9 @@ OUTPUT_MERGE_SLOTS = "merge_slots"
 # Model families. ``family`` in the metadata decides how every tool treats a file.
 FAMILY_ATS = "ats"
 FAMILY_DENSE = "dense"
+# How bench/compare reference graphs are built (stamped as bench_graph_form): a cached graph of
+# another form is exported again. 2: timm modules, TorchScript exporter, fusable GELU/attention.
+BENCH_GRAPH_FORM = 2
 FAMILY_TOME = "tome"  # token merging (ToMe): r tokens merged per block, r fixed at export
 SEG_FAMILIES = ("dovit", "seg")  # segmentation: DoViT and its dense SETR baseline
 

@@ -44,7 +44,8 @@ def quantize(
               f"{q['quantized_nodes']} {'/'.join(q['op_types'])} nodes quantized (activations "
               f"{', '.join(q['activation_types'])}, weights {', '.join(q['weight_types'])} per channel), "
               f"calibrated on {q['images']} images ({q['method']}, K {q['calibration_ks']})", highlight=False)
-    out.print(f"sampling island: {len(result.island)} nodes kept fp32 (listed in the metadata); "
+    out.print(f"kept fp32: the sampling island ({len(result.island)} nodes, listed in the metadata), "
+              f"{q['float_matmuls']} attention MatMuls and every quantized node's output; "
               f"lint: ok ({len(result.lint_warnings)} warnings)", highlight=False)
     if result.check is not None:
         print_precision_parity(result.check)

@@ -115,7 +115,7 @@ def export_dense_baseline(meta: dict, path: str | Path, checkpoint: str | None =
     model = run_static_exporter(dense.eval(), (images,), ([C.INPUT_IMAGES], [C.OUTPUT_LOGITS]), ({0: batch},),
                                 int(meta["opset"]))
     ref = {k: v for k, v in meta.items() if k not in C.REDUCTION_META_KEYS}
-    stamp(model, ref | {"family": C.FAMILY_DENSE, "bench_graph": "dense", "stages": [], "mode": "padded",
+    stamp(model, ref | {"family": C.FAMILY_DENSE, "bench_graph": "dense", "bench_graph_form": C.BENCH_GRAPH_FORM, "stages": [], "mode": "padded",
                         "model": meta.get("dense_name") or f"{meta['model']}-dense"})
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -58,7 +58,7 @@ def export_bench_graph(graph: str, meta: dict, path: str | Path, checkpoint: str
                          f"file; this one is {meta.get('family')!r}")
     path = Path(path)
     model = _export(_module_for(graph, meta, checkpoint), graph, meta)
-    ref = dict(meta, family="dense" if graph == "dense" else "ideal", bench_graph=graph)
+    ref = dict(meta, family="dense" if graph == "dense" else "ideal", bench_graph=graph, bench_graph_form=C.BENCH_GRAPH_FORM)
     if graph == "dense":
         ref.update(model=meta.get("dense_name") or f"{meta['model']}-dense", max_k=None, stages=[], scheme=None)
         for key in C.TOME_META_KEYS:  # a ToMe file's r: not the dense model's

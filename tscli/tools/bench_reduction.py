@@ -40,7 +40,8 @@ def _dense_graph(meta: dict, folder: Path, checkpoint: str | None, threads: int 
     if path.is_file():
         backend = OrtBackend(path, threads=threads, stop_spinning=True)
         ref = C.decode_metadata(backend.metadata_props)
-        if ref.get("bench_graph") == "dense" and all(ref.get(k) == meta.get(k) for k in ("weights", "input_size", "opset")):
+        built_now = (ref.get("bench_graph"), ref.get("bench_graph_form")) == ("dense", C.BENCH_GRAPH_FORM)
+        if built_now and all(ref.get(k) == meta.get(k) for k in ("weights", "input_size", "opset")):
             return backend
     try:
         from ..export.reduction_export import export_dense_baseline  # torch: only when a graph is exported
