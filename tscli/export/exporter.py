@@ -105,9 +105,10 @@ def drop_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
 def run_static_exporter(module: torch.nn.Module, example: tuple, names: tuple[list[str], list[str]],
                         dynamic: tuple[dict, ...], opset: int) -> onnx.ModelProto:
     """Export a graph without token selection (bench's dense baseline and bound) the way it runs
-    fastest: torch's TorchScript exporter, whose graph ONNX Runtime ran 2-5 % faster at batch 1
-    than dynamo's graph of the same module (same kernels, less executor overhead; measured,
-    docs/design.md "Graph speed"). ``dynamic``: per positional input, {axis: torch.export.Dim};
+    fastest: torch's TorchScript exporter, whose graph ONNX Runtime ran at least as fast as
+    dynamo's graph of the same module in every comparison (3-7 % faster at batch 1 with dynamo's
+    shape annotations, 0-3 % without; measured, docs/design.md "Graph speed"), so no baseline a
+    user exports by hand beats ours. ``dynamic``: per positional input, {axis: torch.export.Dim};
     every output's axis 0 is the batch. A torch without that exporter gets dynamo's graph."""
     axes = {name: {axis: dim.__name__ for axis, dim in dims.items()} for name, dims in zip(names[0], dynamic)}
     axes |= {name: {0: C.DIM_BATCH} for name in names[1]}
