@@ -221,6 +221,13 @@ def test_bench_report_schema(tiny_exports, tmp_path):
             assert r[key] > 0
     ideal_file = tmp_path / "tiny_ats.ideal.onnx"
     assert ideal_file.is_file()  # kept in graphs_dir and reused next time
+    from tscli import contract as C
+    from tscli.runtime.ort.session import OrtBackend
+
+    cached = C.decode_metadata(OrtBackend(ideal_file).metadata_props)
+    assert C.is_current_reference(cached, "ideal") and not C.is_current_reference(cached, "dense")
+    # a graph cached by an older tscli (no form, or another one) is exported again, not reused
+    assert not C.is_current_reference({k: v for k, v in cached.items() if k != "bench_graph_form"}, "ideal")
     again = bench(tiny_exports["paper"], ks=[5], batches=[1], runs=1, warmup=0, ideal=True, dense=False,
                   graphs_dir=tmp_path)
     assert again["rows"][0]["dense"] is None and again["rows"][0]["speedup_vs_dense"] is None

@@ -39,6 +39,11 @@ FAMILY_DENSE = "dense"
 # How bench/compare reference graphs are built (stamped as bench_graph_form): a cached graph of
 # another form is exported again. 2: timm modules, TorchScript exporter, fusable GELU/attention.
 BENCH_GRAPH_FORM = 2
+
+
+def is_current_reference(meta: dict, graph: str) -> bool:
+    """A cached bench/compare reference graph (``graph``: dense | ideal) built the current way."""
+    return meta.get("bench_graph") == graph and meta.get("bench_graph_form") == BENCH_GRAPH_FORM
 FAMILY_TOME = "tome"  # token merging (ToMe): r tokens merged per block, r fixed at export
 SEG_FAMILIES = ("dovit", "seg")  # segmentation: DoViT and its dense SETR baseline
 

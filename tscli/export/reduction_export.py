@@ -4,30 +4,26 @@ Each reduction stage s has an input ``keep_s`` (contract.keep_input) whose lengt
 number of patch tokens the stage keeps; K_s is a named dynamic dim bounded by the count at the
 export's ``max_rate``, so every shape in the graph is bounded and TensorRT can build profiles for
 it. The graph computes on exactly the kept tokens (every image keeps the same number), so there
-is no padding. The runner turns a rate into the K_s (contract.check_rate).
-
-Also here: the dense baseline of such a file (the same backbone weights, no reduction), which
-``tscli bench`` times it against.
+is no padding. The runner turns a rate into the K_s (contract.check_rate). The dense baseline
+``tscli bench`` times it against comes from export/reference_graphs.py, like every family's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import onnx
 import torch
-from timm.models.vision_transformer import VisionTransformer
 
 from .. import contract as C
 from ..errors import UsageError
-from ..files import atomic_path, check_output_file
+from ..files import check_output_file
 from ..models.catalog import get_config
-from ..models.factory import BuiltModel, build_from_metadata, build_model, vit_kwargs
+from ..models.factory import BuiltModel, build_model
 from ..models.reduction import ReductionExportWrapper
 from .ats_export import ExportResult, metadata_for
-from .exporter import bound_check, check_opset, run_exporter, run_static_exporter, stamp, write_checked
+from .exporter import bound_check, check_opset, run_exporter, stamp, write_checked
 
 MODE = "static"  # every image keeps the same K_s tokens: no padding slots, unlike ATS's "padded"
 
@@ -99,26 +95,3 @@ def export_reduction(opts: ReductionExportOptions, validate: Callable[[str, Buil
     check = bound_check(validate, opts.validate, built, meta, progress)
     lint, report = write_checked(model, out, check, progress)
     return ExportResult(out, meta, lint, report)
-
-
-def export_dense_baseline(meta: dict, path: str | Path, checkpoint: str | None = None) -> Path:
-    """The dense model with the backbone weights of the DynamicViT / EViT file ``meta`` describes
-    (the predictors left out), stamped like tools/bench's reference graphs."""
-    if not C.is_reduction(meta):
-        raise UsageError(f"a reduction baseline needs a DynamicViT/EViT file; this one is {meta.get('family')!r}")
-    built = build_from_metadata(meta, checkpoint)
-    dense = VisionTransformer(**vit_kwargs(built.config))
-    own = built.module.state_dict()
-    dense.load_state_dict({k: own[k] for k in dense.state_dict()}, strict=True)
-    batch = torch.export.Dim(C.DIM_BATCH, min=1, max=4096)
-    images = torch.randn(2, *meta["input_size"])
-    model = run_static_exporter(dense.eval(), (images,), ([C.INPUT_IMAGES], [C.OUTPUT_LOGITS]), ({0: batch},),
-                                int(meta["opset"]))
-    ref = {k: v for k, v in meta.items() if k not in C.REDUCTION_META_KEYS}
-    stamp(model, ref | {"family": C.FAMILY_DENSE, "bench_graph": "dense", "bench_graph_form": C.BENCH_GRAPH_FORM, "stages": [], "mode": "padded",
-                        "model": meta.get("dense_name") or f"{meta['model']}-dense"})
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-        onnx.checker.check_model(str(tmp))
-    return path

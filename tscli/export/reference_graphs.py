@@ -28,8 +28,10 @@ GRAPHS = ("dense", "ideal")
 def _module_for(graph: str, meta: dict, checkpoint: str | None) -> torch.nn.Module:
     built = build_from_metadata(meta, checkpoint)
     dense = VisionTransformer(**vit_kwargs(built.config))
-    # strict: the ATS model is a timm VisionTransformer with swapped blocks, same parameter names.
-    dense.load_state_dict(built.module.state_dict(), strict=True)
+    # Every family is a timm VisionTransformer with the same parameter names (ATS and ToMe swap
+    # blocks; DynamicViT/EViT add predictors, left out here); strict: no backbone weight missing.
+    own = built.module.state_dict()
+    dense.load_state_dict({key: own[key] for key in dense.state_dict()}, strict=True)
     if graph == "ideal":
         return IdealBound(dense, min(built.config.stages)).eval()
     return dense.eval()
@@ -58,10 +60,12 @@ def export_bench_graph(graph: str, meta: dict, path: str | Path, checkpoint: str
                          f"file; this one is {meta.get('family')!r}")
     path = Path(path)
     model = _export(_module_for(graph, meta, checkpoint), graph, meta)
-    ref = dict(meta, family="dense" if graph == "dense" else "ideal", bench_graph=graph, bench_graph_form=C.BENCH_GRAPH_FORM)
+    ref = dict(meta, family="dense" if graph == "dense" else "ideal", bench_graph=graph,
+               bench_graph_form=C.BENCH_GRAPH_FORM)
     if graph == "dense":
-        ref.update(model=meta.get("dense_name") or f"{meta['model']}-dense", max_k=None, stages=[], scheme=None)
-        for key in C.TOME_META_KEYS:  # a ToMe file's r: not the dense model's
+        ref.update(model=meta.get("dense_name") or f"{meta['model']}-dense", max_k=None, stages=[], scheme=None,
+                   mode="padded")
+        for key in C.TOME_META_KEYS + C.REDUCTION_META_KEYS:  # a ToMe file's r, a DynamicViT file's rate
             ref.pop(key, None)
     stamp(model, ref)
     with atomic_path(path) as tmp:

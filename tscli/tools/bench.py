@@ -95,8 +95,7 @@ def _reference(kind: str, meta: dict, folder: Path, checkpoint: str | None, thre
     if path.is_file():
         g = _open(path, threads, kind)
         same = ("weights", "input_size", "embed_dim", "depth", "opset") + (("stages", "max_k") if kind == "ideal" else ())
-        built_now = (g.meta.get("bench_graph"), g.meta.get("bench_graph_form")) == (kind, C.BENCH_GRAPH_FORM)
-        if built_now and all(g.meta.get(key) == meta.get(key) for key in same):
+        if C.is_current_reference(g.meta, kind) and all(g.meta.get(key) == meta.get(key) for key in same):
             return g
     progress(f"exporting the {kind} graph")
     return _open(reference_graph(kind, meta, path, checkpoint), threads, kind)

@@ -40,16 +40,15 @@ def _dense_graph(meta: dict, folder: Path, checkpoint: str | None, threads: int 
     if path.is_file():
         backend = OrtBackend(path, threads=threads, stop_spinning=True)
         ref = C.decode_metadata(backend.metadata_props)
-        built_now = (ref.get("bench_graph"), ref.get("bench_graph_form")) == ("dense", C.BENCH_GRAPH_FORM)
-        if built_now and all(ref.get(k) == meta.get(k) for k in ("weights", "input_size", "opset")):
+        if C.is_current_reference(ref, "dense") and all(ref.get(k) == meta.get(k) for k in ("weights", "input_size", "opset")):
             return backend
     try:
-        from ..export.reduction_export import export_dense_baseline  # torch: only when a graph is exported
+        from ..export.reference_graphs import export_bench_graph  # torch: only when a graph is exported
     except ImportError as exc:
         raise MissingDependency(f"exporting the dense graph needs the export extras ({exc.name} is missing): "
                                 "pip install 'tscli[export]', or give --baseline FILE") from None
     progress("exporting the dense graph")
-    return OrtBackend(export_dense_baseline(meta, path, checkpoint), threads=threads, stop_spinning=True)
+    return OrtBackend(export_bench_graph("dense", meta, path, checkpoint), threads=threads, stop_spinning=True)
 
 
 def bench_reduction(path: str | Path, rates: list[float] | None = None, batches: list[int] | None = None,

@@ -208,17 +208,12 @@ def _dense_file(opened, folder: Path, checkpoint: str | None) -> tuple[Path, dic
         return dense[0]
     meta = opened[0][1]
     try:
-        from ..export.reduction_export import export_dense_baseline  # torch: only when a graph is exported
-        from ..export.reference_graphs import export_bench_graph
+        from ..export.reference_graphs import export_bench_graph  # torch: only when a graph is exported
     except ImportError as exc:
         raise MissingDependency(f"no dense FILE given, and exporting one needs the export extras ({exc.name} is "
                                 "missing): add the dense model with the same weights as a FILE "
                                 "(tscli export <dense model> with the same --checkpoint/--seed)") from None
-    path = folder / f"{meta['model']}.dense.onnx"
-    if C.is_reduction(meta):  # the backbone of a DynamicViT checkpoint, its predictors left out
-        export_dense_baseline(meta, path, checkpoint)
-    else:
-        export_bench_graph("dense", meta, path, checkpoint)
+    path = export_bench_graph("dense", meta, folder / f"{meta['model']}.dense.onnx", checkpoint)
     return path, C.decode_metadata(OrtBackend(path, threads=1).metadata_props)
 
 

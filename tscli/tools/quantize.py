@@ -220,7 +220,8 @@ def quantize(opts: QuantizeOptions, on_batch: Callable[[int, int], None] = lambd
     out = check_output_file(opts.output or str(src.with_suffix("")) + ".int8.onnx", inputs=[str(src)])
     files = images_in(opts.calib, opts.n)
     island = PR.island_nodes(model)
-    attention = [name for name in activation_matmuls(model) if name not in set(island)]  # island's are its own
+    members = set(island)
+    attention = [name for name in activation_matmuls(model) if name not in members]  # the island's are its own
     ks = calibration_ks(meta, opts.method)
     with tempfile.TemporaryDirectory(prefix="tscli-quantize-") as tmp:
         dst = Path(tmp) / "int8.onnx"
