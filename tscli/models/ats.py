@@ -188,19 +188,23 @@ class TokenSamplingBlock(Block):
         return TokenState(x, slot_mask, positions)
 
     def score_and_mask(self, cls_attn: Tensor, v_t: Tensor, slot_mask: Tensor, k_like: Tensor):
-        """The island of a masking stage: scores from the CLS attention row, then the narrowed mask."""
+        """The island of a masking stage: scores from the CLS attention row [B, H, T] (CLS key
+        included), then the narrowed mask. Returns the candidates' scores [B, T-1] (for records)."""
         # ||v_j|| from v in the token layout [B, T, H, d]: one reduction over contiguous axes, and
         # v's only other reader is its transpose (a second reader of qkv would stop ONNX Runtime
         # from fusing the three slices of q, k, v into one Split).
         v_norm = torch.linalg.vector_norm(v_t, dim=(2, 3))  # [B, T]
         # Masked keys get exactly zero weight, so dropped tokens score exactly 0.
-        scores = cls_attn.sum(dim=1) * v_norm[:, 1:]
+        scores = cls_attn.sum(dim=1) * v_norm  # [B, T], slot 0 is CLS
         if self.use_custom_op:  # the plugin's slot index, turned into a mask over these slots;
             # its padding points at CLS, which is always kept: every write stores the same value
-            index, _ = ops.sample_slots(scores, slot_mask[:, 1:], k_like, self.scheme)
-            return scores, slot_mask.to(cls_attn.dtype).mul(0.0).scatter(1, index.long(), 1.0) > 0, None
-        keep, margin = pick_tokens(scores, slot_mask[:, 1:], k_like, self.scheme, with_margin=self.record_margin)
-        return scores, torch.cat([slot_mask[:, :1], keep], dim=1), margin
+            index, _ = ops.sample_slots(scores[:, 1:], slot_mask[:, 1:], k_like, self.scheme)
+            return scores[:, 1:], slot_mask.to(cls_attn.dtype).mul(0.0).scatter(1, index.long(), 1.0) > 0, None
+        # CLS enters as an invalid candidate: the picking ignores invalid tokens entirely (same
+        # kept set), and no slice of the scores and the mask, nor a concat back, is exported.
+        is_cls = torch.arange(slot_mask.shape[1], device=slot_mask.device) == 0
+        keep, margin = pick_tokens(scores, slot_mask & ~is_cls, k_like, self.scheme, with_margin=self.record_margin)
+        return scores[:, 1:], keep | is_cls, margin
 
     def mask_stage(self, state: TokenState, k_like: Tensor, records: list | None) -> TokenState:
         """A padded stage after the first: K + 1 slots in, the same K + 1 slots out.
@@ -223,7 +227,7 @@ class TokenSamplingBlock(Block):
         q, k, v = attn.q_norm(q_t.transpose(1, 2)), attn.k_norm(k_t.transpose(1, 2)), v_t.transpose(1, 2)
         a = (torch.matmul(q * attn.scale, k.transpose(-2, -1)) + key_bias(state.mask, q.dtype)).softmax(dim=-1)
         # Only the CLS attention row enters the island (slicing is exact in any precision).
-        scores, mask, margin = self.island(self.score_and_mask, a[:, :, 0, 1:], v_t, state.mask, k_like)
+        scores, mask, margin = self.island(self.score_and_mask, a[:, :, 0], v_t, state.mask, k_like)
         if records is not None:
             records.append(_record(mask.sum(dim=1), torch.where(mask, state.positions, -1), margin, scores,
                                    state.mask[:, 1:], state.positions[:, 1:], self.record_margin))

@@ -21,7 +21,6 @@ Every function here is also the reference for the plugin core in tscli/plugins (
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..contract import SCHEMES, TOPK  # noqa: F401  (SCHEMES re-exported: the models' callers use it from here)
@@ -33,38 +32,54 @@ _NO_RANK = float(2**24)
 
 
 def normalise_scores(scores: Tensor, valid: Tensor) -> Tensor:
-    """S_j = s_j / sum(s) over valid tokens; uniform over valid tokens if all scores are zero."""
+    """S_j = s_j / sum(s) over valid tokens; uniform over valid tokens if all scores are zero.
+
+    (A row without any valid token comes out NaN: callers never read S at invalid tokens.)
+    """
     s = torch.where(valid, scores, 0.0)
-    total = s.sum(dim=-1, keepdim=True)
-    valid_f = valid.to(scores.dtype)
-    positive = total > 0
-    # One division for both cases: s / total, or valid / (number of valid) when all are zero.
-    den = torch.where(positive, total, valid_f.sum(dim=-1, keepdim=True).clamp_min(1.0))
-    return torch.where(positive, s, valid_f) / den
+    positive = s.sum(dim=-1, keepdim=True) > 0
+    # One sum and one division serve both cases: s / sum(s), or valid / (number of valid).
+    u = torch.where(positive, s, valid.to(scores.dtype))
+    return u / u.sum(dim=-1, keepdim=True)
 
 
 def stable_order(s: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """Rank of each valid token in the stable ascending order of ``s``, and its CDF value.
+    """Sorted position (rank) of each valid token in ascending order of ``s``, and its CDF value.
 
-    before[b, j, i] is true when valid token i comes strictly before token j: a smaller score,
-    or an equal score and a lower index. rank_j = count of such i; CDF_j = S_j + their sum.
-    ``s`` must be 0 at invalid tokens (normalise_scores does that).
+    The order is the stable one (equal scores by index), except for the valid tokens whose score
+    is exactly 0, which sort first in *descending* index order. They are the only run of equal CDF
+    values (see ``cell_picks``), the cell rule credits such a run's points to its last position,
+    and the nearest-point rule gives them to the run's lowest index: so the token that must win is
+    placed there. Their CDF values (all 0) do not depend on their order, nor does any other rank.
+    ``stable_position`` turns a rank back into the stable position, for tie-breaks.
+
+    before[b, j, i] is true when valid token i comes strictly before token j. rank_j = count of
+    such i; CDF_j = S_j + their sum. ``s`` must be 0 at invalid tokens (normalise_scores does that).
     """
     n = s.shape[-1]
     idx = torch.arange(n, device=s.device)
     lower_index = idx.unsqueeze(1) > idx.unsqueeze(0)  # [j, i]: i < j
-    # Invalid tokens get a key above every valid score (S <= 1), so they never come before a
-    # valid one: the validity mask costs one [B, N] op instead of one [B, N, N] op.
-    key = torch.where(valid, s, 2.0)
+    # Keys: positive S as they are; valid zeros -index (distinct, below every positive S, in
+    # descending index order); invalid tokens 2, above every valid key (S <= 1), so they never
+    # come before a valid one: the validity mask costs [B, N] ops, not a [B, N, N] one.
+    key = torch.where(s > 0, s, torch.where(valid, -idx.to(s.dtype), 2.0))
     si = key.unsqueeze(-2)  # [B, 1, N] -> indexed by i
     sj = key.unsqueeze(-1)  # [B, N, 1] -> indexed by j
-    # i < j: ties count as "before" (stable); i >= j: only strictly smaller scores.
+    # i < j: ties count as "before" (stable); i >= j: only strictly smaller keys.
     # (Not a Where over bools: ONNX Runtime's CPU Where has no bool kernel.)
     before = (si < sj) | ((si <= sj) & lower_index)
     before_f = before.to(s.dtype)
     rank = before_f.sum(dim=-1)
     cdf = s + torch.matmul(before_f, s.unsqueeze(-1)).squeeze(-1)
     return rank, cdf
+
+
+def stable_position(rank: Tensor, cdf: Tensor) -> Tensor:
+    """A key in the stable ascending order (equal scores by index) from ``stable_order``'s rank:
+    the zero run (CDF 0, the only tokens out of stable order) turned back to ascending index.
+    For tie-breaks by "lowest sorted position"; ``cdf`` is any axis that is 0 exactly on the run
+    (the CDF, or the official scheme's normalised CDF)."""
+    return torch.where(cdf == 0, -rank, rank)
 
 
 def sample_points(num_points_like: Tensor, cdf: Tensor, valid: Tensor, scheme: str) -> tuple[Tensor, Tensor]:
@@ -110,10 +125,10 @@ def nearest_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor,
     cdf = torch.where(valid, cdf, torch.full_like(cdf, 2.0 * _FAR))
     dist = (cdf.unsqueeze(-2) - points.unsqueeze(-1)).abs()  # [B, K, N]
     dmin = dist.amin(dim=-1, keepdim=True)
-    rank_i = rank.unsqueeze(-2)  # [B, 1, N], broadcast over the points
+    rank_i = stable_position(rank, cdf).unsqueeze(-2)  # [B, 1, N], broadcast over the points
     no_rank = torch.full_like(rank_i, _NO_RANK)
     chosen_rank = torch.where(dist == dmin, rank_i, no_rank).amin(dim=-1, keepdim=True)  # [B, K, 1]
-    hit = rank_i == chosen_rank  # [B, K, N]; an invalid token may share a rank: masked below
+    hit = rank_i == chosen_rank  # [B, K, N]
     keep = hit.any(dim=-2) & valid
     if not with_margin:
         return keep, None
@@ -121,6 +136,22 @@ def nearest_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor,
     second = torch.where(hit | ~valid.unsqueeze(-2), torch.full_like(dist, _FAR), dist).amin(dim=-1)
     margin = (second - dmin.squeeze(-1)).amin(dim=-1)
     return keep, margin
+
+
+def _neighbour_matrices(n, dtype: torch.dtype, device) -> tuple[Tensor, Tensor, Tensor]:
+    """[N, N] matrices that combine neighbouring sorted positions in one MatMul each (a Slice,
+    Slice, Pad chain at every stage otherwise): ``c @ mid`` is (c[r] + c[r+1]) / 2, 0 at the last
+    position; ``counts @ step`` is counts[r] - counts[r-1] (counts[0] at r = 0); ``top`` is 1 at
+    the last position only. Each output sums two exact products (halves, or +-1 times integers)
+    and zeros, so it is rounded once, as the elementwise form is. They depend on N only, so an
+    exported graph computes them once for all stages of the same width."""
+    idx = torch.arange(n, device=device)
+    row, col = idx.unsqueeze(1), idx.unsqueeze(0)
+    same = row == col
+    last = (idx == n - 1).to(dtype)
+    mid = (same | (row == col + 1)).to(dtype) * (0.5 - 0.5 * last)  # no neighbour after the last
+    step = same.to(dtype) - (col == row + 1).to(dtype)
+    return mid, step, last
 
 
 def cell_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor) -> Tensor:
@@ -132,11 +163,12 @@ def cell_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor) -> Tens
     point, i.e. when the number of points at or below its upper bound grows from the previous
     bound: one [B, K, N] comparison and one sum, instead of distances, minima and a tie-break.
 
-    Equal CDF values (a run) share one cell owned by the lowest position. Only one run can occur:
-    the valid tokens whose score is exactly 0, which sort first (CDF 0). Every positive S_(r+1)
-    is at least CDF_r / N (ascending order), far above CDF_r's rounding step for N < 2**24, so
-    it always raises the CDF. The points that land in the cells of that run's later positions
-    are therefore credited to position 0. Invalid tokens sit at 2 * _FAR, beyond every point.
+    Equal CDF values (a run) share one cell, which the counts credit to the run's last position
+    (the others' cells are empty). Only one run can occur: the valid tokens whose score is
+    exactly 0 (CDF 0). Every positive S_(r+1) is at least CDF_r / N (ascending order), far above
+    CDF_r's rounding step for N < 2**24, so it always raises the CDF. ``stable_order`` puts the
+    run's lowest index, the token the nearest-point rule picks, at that last position. Invalid
+    tokens sit at 2 * _FAR, beyond every point.
 
     Decisions equal ``nearest_picks`` except where a point is within float rounding of a midpoint
     (a decision margin of about 1e-7): such near-ties may go either way (docs/design.md,
@@ -145,16 +177,13 @@ def cell_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor) -> Tens
     order = rank.to(torch.int64)
     far = torch.where(valid, cdf, 2.0 * _FAR)
     c = far.scatter(-1, order, far)  # [B, N] ascending; a permutation writes every position
+    mid, step, last = _neighbour_matrices(c.shape[-1], cdf.dtype, cdf.device)
     # Upper cell bounds; the last one is above every point and every invalid value.
-    upper = F.pad((c[:, :-1] + c[:, 1:]) * 0.5, (0, 1), value=4.0 * _FAR)
+    upper = torch.matmul(c, mid) + last * (4.0 * _FAR)
     below = (points.unsqueeze(-1) <= upper.unsqueeze(-2)).to(cdf.dtype).sum(dim=-2)  # [B, N]
-    in_cell = below - F.pad(below[:, :-1], (1, 0), value=0.0)  # points in each cell (exact counts)
-    repeat = c == F.pad(c[:, :-1], (1, 0), value=-_FAR)  # same CDF as the position before
-    run = torch.where(repeat, in_cell, 0.0).sum(dim=-1, keepdim=True)  # the zero run's later cells
-    first = (torch.arange(c.shape[-1], device=c.device) == 0).to(cdf.dtype)
-    owned = torch.where(repeat, 0.0, in_cell) + first * run
-    # Pads and the gather stay in float: TensorRT's Pad has no bool kernel.
-    return (torch.gather(owned, -1, order) > 0) & valid
+    in_cell = torch.matmul(below, step)  # points in each cell (exact counts)
+    # The gather stays in float, as the counts are.
+    return (torch.gather(in_cell, -1, order) > 0) & valid
 
 
 def ats_pick(scores: Tensor, valid: Tensor, num_points_like: Tensor, scheme: str = "paper",
@@ -242,13 +271,13 @@ def slot_indices(keep: Tensor, num_slots_like: Tensor) -> tuple[Tensor, Tensor]:
 def decision_contest(scores: Tensor, valid: Tensor, num_points_like: Tensor, scheme: str) -> Tensor:
     """For parity tools (any float dtype; they use float64): per candidate [B, N], the smallest
     margin of a decision in which it is the nearest or the second-nearest position, +inf where
-    it is neither for any point. Same rule as ``nearest_picks`` (lower rank wins exact ties)."""
+    it is neither for any point. Same rule as ``nearest_picks`` (lower stable position wins exact ties)."""
     s = normalise_scores(scores, valid)
     rank, cdf = stable_order(s, valid)
     points, cdf_d = sample_points(num_points_like.to(scores.dtype), cdf, valid, scheme)
     far = torch.where(valid, cdf_d, torch.full_like(cdf_d, 2.0 * _FAR))
     dist = (far.unsqueeze(-2) - points.unsqueeze(-1)).abs()  # [B, K, N]
-    ranks = rank.unsqueeze(-2).expand_as(dist)
+    ranks = stable_position(rank, far).unsqueeze(-2).expand_as(dist)
     no_rank = torch.full_like(dist, _NO_RANK)
     inf = torch.full_like(dist, float("inf"))
     d1 = dist.amin(dim=-1, keepdim=True)
