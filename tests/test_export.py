@@ -180,7 +180,7 @@ def test_parity_compare_counts_sets_and_near_ties():
     from tscli.models.ats import StageRecord
     from tscli.tools.parity import Reference, compare
 
-    rec = StageRecord(torch.tensor([3]), torch.tensor([[0, 2, 3]]), None, torch.tensor([[0.5, 0.2, 0.3]]),
+    rec = StageRecord(torch.tensor([[True, True, True]]), torch.tensor([[0, 2, 3]]), None, torch.tensor([[0.5, 0.2, 0.3]]),
                       torch.tensor([[True, True, True]]), torch.tensor([[1, 2, 3]]))
     logits = np.array([[1.0, 2.0, 0.5]], np.float32)
     ref = Reference(logits, [rec], k=2, scheme="paper")
@@ -214,7 +214,7 @@ def test_parity_excuses_a_swap_of_nearly_equal_scores_only():
     from tscli.tools.parity import Reference, compare
 
     near = np.nextafter(np.float32(0.3), np.float32(1.0))
-    rec = StageRecord(torch.tensor([2]), torch.tensor([[0, 3]]), None, torch.tensor([[0.4, 0.3, near]]),
+    rec = StageRecord(torch.tensor([[True, True]]), torch.tensor([[0, 3]]), None, torch.tensor([[0.4, 0.3, near]]),
                       torch.tensor([[True, True, True]]), torch.tensor([[1, 2, 3]]))
     logits = np.array([[1.0, 2.0]], np.float32)
     ref = Reference(logits, [rec], k=1, scheme="paper", embed_dim=48)

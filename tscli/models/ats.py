@@ -36,8 +36,8 @@ class TokenState:
 class StageRecord:
     """What one ATS stage decided, for parity tools and the exported count/index outputs."""
 
-    counts: Tensor  # [B] K' + 1 (CLS included)
-    positions: Tensor  # [B, K+1] original positions, -1 for padding
+    mask: Tensor  # [B, K+1] bool: the slots that hold a token after the stage (CLS included)
+    slots: Tensor  # [B, K+1] original position of each slot's token (any value where not held)
     margin: Tensor | None = None  # [B] smallest decision margin (reference runs only)
     # Reference runs only: what the stage decided from, so parity tools can re-decide in float64
     # and tell a decision inside the tie band from a real mismatch (docs/design.md, "Tie bands").
@@ -45,12 +45,35 @@ class StageRecord:
     valid: Tensor | None = None  # [B, N] candidate validity
     candidates: Tensor | None = None  # [B, N] original position of each candidate
 
+    @property
+    def counts(self) -> Tensor:
+        """[B] K' + 1 (CLS included)."""
+        return self.mask.sum(dim=1)
 
-def _record(counts: Tensor, positions: Tensor, margin, scores: Tensor, valid: Tensor, candidates: Tensor,
+    @property
+    def positions(self) -> Tensor:
+        """[B, K+1] original positions, -1 for padding."""
+        return torch.where(self.mask, self.slots, -1)
+
+
+def _record(mask: Tensor, slots: Tensor, margin, scores: Tensor, valid: Tensor, candidates: Tensor,
             detailed: bool) -> StageRecord:
     if not detailed:
-        return StageRecord(counts, positions, margin)
-    return StageRecord(counts, positions, margin, scores.detach(), valid, candidates)
+        return StageRecord(mask, slots, margin)
+    return StageRecord(mask, slots, margin, scores.detach(), valid, candidates)
+
+
+def stack_records(records: list[StageRecord]) -> tuple[Tensor, Tensor]:
+    """(kept counts [B, S], kept positions [B, S, K+1]) of all stages, int64, computed once on the
+    stacked masks: per stage, the sum, the select and the stacking cost 5 graph nodes each.
+    Stages that share their slots' positions (every padded stage after the first) share them
+    here too, by broadcasting."""
+    masks = torch.stack([r.mask for r in records], dim=1)  # [B, S, K+1]
+    if all(r.slots is records[0].slots for r in records):
+        slots = records[0].slots.unsqueeze(1)
+    else:
+        slots = torch.stack([r.slots for r in records], dim=1)
+    return masks.to(torch.int64).sum(dim=-1), torch.where(masks, slots, -1).to(torch.int64)
 
 
 def key_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -111,6 +134,18 @@ class TokenSamplingBlock(Block):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return attn.q_norm(q), attn.k_norm(k), v
 
+    def token_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """q, k, v of the sampling stages in the token layout [B, T, H, d], and v's rows [B, T, D].
+
+        One Split of the qkv projection along its last axis, each part a run of contiguous rows:
+        unbinding a [B, T, 3, H, d] view exported as three strided Slices, which ONNX Runtime
+        fused into a Split only where T is static (not in the K + 1 slot stages). ||v_j|| is
+        then taken over the rows' last axis, one contiguous reduction."""
+        b, t, d = x.shape
+        shape = (b, t, self.attn.num_heads, d // self.attn.num_heads)
+        q_r, k_r, v_r = self.attn.qkv(self.norm1(x)).chunk(3, dim=-1)
+        return q_r.reshape(shape), k_r.reshape(shape), v_r.reshape(shape), v_r
+
     def finish(self, x_in: Tensor, o: Tensor) -> Tensor:
         """Merge heads, proj, residual, MLP: the rest of a standard pre-norm block."""
         b, h, s, d = o.shape
@@ -141,7 +176,7 @@ class TokenSamplingBlock(Block):
         index, slot_mask = slot_indices(keep, k_like)
         return index, slot_mask, margin
 
-    def score_and_pick(self, q_cls: Tensor, k: Tensor, v_t: Tensor, bias: Tensor | None, mask: Tensor | None,
+    def score_and_pick(self, q_cls: Tensor, k: Tensor, v_rows: Tensor, bias: Tensor | None, mask: Tensor | None,
                        k_like: Tensor):
         """The island of a gathering stage: scores from the CLS attention row, then the pick."""
         attn = self.attn
@@ -150,7 +185,7 @@ class TokenSamplingBlock(Block):
         if bias is not None:
             cls_row = cls_row + bias
         cls_attn = cls_row.softmax(dim=-1).sum(dim=1)[:, 0, 1:]  # [B, T-1]
-        scores = cls_attn * torch.linalg.vector_norm(v_t, dim=(-2, -1))[:, 1:]
+        scores = cls_attn * torch.linalg.vector_norm(v_rows, dim=-1)[:, 1:]
         # Before the first stage every token is valid; scores are finite, so this is all-true
         # (one node, where a ones tensor of a symbolic shape costs three).
         valid = mask[:, 1:] if mask is not None else scores == scores
@@ -162,24 +197,21 @@ class TokenSamplingBlock(Block):
         The first stage (all tokens in, K + 1 slots out) and every trimmed stage. Only the CLS
         query row is computed for scoring; q rows (in the head layout) and input rows are then
         taken with one flat Gather each (not GatherElements over an expanded index), and ||v_j||
-        is reduced in the token layout (one reduction; in the head layout it took two).
+        is reduced over v's rows (one reduction; in the head layout it took two).
         """
-        attn, (b, t, d) = self.attn, state.x.shape
-        heads = attn.num_heads
-        qkv = attn.qkv(self.norm1(state.x))  # [B, T, 3D]
-        q_t, k_t, v_t = qkv.reshape(b, t, 3, heads, d // heads).unbind(2)  # token layout [B, T, H, d]
+        attn, (b, t, _) = self.attn, state.x.shape
+        q_t, k_t, v_t, v_rows = self.token_qkv(state.x)
         q, k, v = q_t.transpose(1, 2), k_t.transpose(1, 2), v_t.transpose(1, 2)
         k = attn.k_norm(k)
         bias = key_bias(state.mask, q.dtype)
         # Only the CLS query row enters the island (slicing is exact in any precision).
-        scores, valid, (index, slot_mask, margin) = self.island(self.score_and_pick, q[:, :, :1], k, v_t, bias,
+        scores, valid, (index, slot_mask, margin) = self.island(self.score_and_pick, q[:, :, :1], k, v_rows, bias,
                                                                 state.mask, k_like)
         positions = index if state.positions is None else torch.gather(state.positions, 1, index)
         if records is not None:
             candidates = (torch.arange(1, t, device=scores.device).expand(b, -1) if state.positions is None
                           else state.positions[:, 1:])
-            records.append(_record(slot_mask.sum(dim=1), torch.where(slot_mask, positions, -1), margin, scores, valid,
-                                   candidates, self.record_margin))
+            records.append(_record(slot_mask, positions, margin, scores, valid, candidates, self.record_margin))
         if self.execution == "trimmed":  # cut before the row work: trimmed pays only for the kept rows
             width = int(slot_mask.sum(dim=1).max())
             index, slot_mask, positions = index[:, :width], slot_mask[:, :width], positions[:, :width]
@@ -187,15 +219,12 @@ class TokenSamplingBlock(Block):
         x = self.finish(gather_tokens(state.x, index), o)
         return TokenState(x, slot_mask, positions)
 
-    def score_and_mask(self, cls_attn: Tensor, v_t: Tensor, slot_mask: Tensor, k_like: Tensor):
+    def score_and_mask(self, cls_attn: Tensor, v_rows: Tensor, slot_mask: Tensor, k_like: Tensor):
         """The island of a masking stage: scores from the CLS attention row [B, H, T] (CLS key
-        included), then the narrowed mask. Returns the candidates' scores [B, T-1] (for records)."""
-        # ||v_j|| from v in the token layout [B, T, H, d]: one reduction over contiguous axes, and
-        # v's only other reader is its transpose (a second reader of qkv would stop ONNX Runtime
-        # from fusing the three slices of q, k, v into one Split).
-        v_norm = torch.linalg.vector_norm(v_t, dim=(2, 3))  # [B, T]
+        included) and v's rows [B, T, D], then the narrowed mask. Returns the candidates' scores
+        [B, T-1] (for records)."""
         # Masked keys get exactly zero weight, so dropped tokens score exactly 0.
-        scores = cls_attn.sum(dim=1) * v_norm  # [B, T], slot 0 is CLS
+        scores = cls_attn.sum(dim=1) * torch.linalg.vector_norm(v_rows, dim=-1)  # [B, T], slot 0 is CLS
         if self.use_custom_op:  # the plugin's slot index, turned into a mask over these slots;
             # its padding points at CLS, which is always kept: every write stores the same value
             index, _ = ops.sample_slots(scores[:, 1:], slot_mask[:, 1:], k_like, self.scheme)
@@ -217,20 +246,18 @@ class TokenSamplingBlock(Block):
         computed a second time. Kept tokens stay in their slots, so a stage's valid slots are
         not contiguous; the kept sets are those of the gathering form.
         """
-        attn, (b, t, d) = self.attn, state.x.shape
-        heads = attn.num_heads
-        qkv = attn.qkv(self.norm1(state.x)).reshape(b, t, 3, heads, d // heads)
+        attn = self.attn
         # Split in the token layout, then one transpose each (as the gathering stage): with v also
         # read by the score norm, the plain block's permute-then-unbind exported as a transpose of
         # all of q, k and v, k's third wasted (measured in ONNX Runtime's optimised graph).
-        q_t, k_t, v_t = qkv.unbind(2)
+        q_t, k_t, v_t, v_rows = self.token_qkv(state.x)
         q, k, v = attn.q_norm(q_t.transpose(1, 2)), attn.k_norm(k_t.transpose(1, 2)), v_t.transpose(1, 2)
         a = (torch.matmul(q * attn.scale, k.transpose(-2, -1)) + key_bias(state.mask, q.dtype)).softmax(dim=-1)
         # Only the CLS attention row enters the island (slicing is exact in any precision).
-        scores, mask, margin = self.island(self.score_and_mask, a[:, :, 0], v_t, state.mask, k_like)
+        scores, mask, margin = self.island(self.score_and_mask, a[:, :, 0], v_rows, state.mask, k_like)
         if records is not None:
-            records.append(_record(mask.sum(dim=1), torch.where(mask, state.positions, -1), margin, scores,
-                                   state.mask[:, 1:], state.positions[:, 1:], self.record_margin))
+            records.append(_record(mask, state.positions, margin, scores, state.mask[:, 1:], state.positions[:, 1:],
+                                   self.record_margin))
         x = self.finish(state.x, torch.matmul(a, v))
         return TokenState(x, mask, state.positions)
 
@@ -285,6 +312,5 @@ class ExportWrapper(torch.nn.Module):
 
     def forward(self, images: Tensor, k_select: Tensor):
         logits, records = self.model.forward_with_records(images, k_select)
-        counts = torch.stack([r.counts for r in records], dim=1).to(torch.int64)
-        positions = torch.stack([r.positions for r in records], dim=1).to(torch.int64)
+        counts, positions = stack_records(records)
         return logits, counts, positions
