@@ -53,16 +53,18 @@ def stable_order(s: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     placed there. Their CDF values (all 0) do not depend on their order, nor does any other rank.
     ``stable_position`` turns a rank back into the stable position, for tie-breaks.
 
-    before[b, j, i] is true when valid token i comes strictly before token j. rank_j = count of
-    such i; CDF_j = S_j + their sum. ``s`` must be 0 at invalid tokens (normalise_scores does that).
+    before[b, j, i] is true when token i comes strictly before token j. rank_j = count of such
+    i; CDF_j = S_j + their sum. Invalid tokens weigh 2 here: they sort after every valid token
+    (S <= 1), so no valid rank or CDF changes, and their CDF values are >= 3, beyond every sample
+    point (``cell_picks`` relies on that). The validity mask thus costs [B, N] ops, not [B, N, N].
     """
     n = s.shape[-1]
     idx = torch.arange(n, device=s.device)
     lower_index = idx.unsqueeze(1) > idx.unsqueeze(0)  # [j, i]: i < j
-    # Keys: positive S as they are; valid zeros -index (distinct, below every positive S, in
-    # descending index order); invalid tokens 2, above every valid key (S <= 1), so they never
-    # come before a valid one: the validity mask costs [B, N] ops, not a [B, N, N] one.
-    key = torch.where(s > 0, s, torch.where(valid, -idx.to(s.dtype), 2.0))
+    s = torch.where(valid, s, 2.0)
+    # Keys: positive S (and the invalid 2) as they are; valid zeros -index: distinct, below every
+    # positive S, in descending index order.
+    key = torch.where(s > 0, s, -idx.to(s.dtype))
     si = key.unsqueeze(-2)  # [B, 1, N] -> indexed by i
     sj = key.unsqueeze(-1)  # [B, N, 1] -> indexed by j
     # i < j: ties count as "before" (stable); i >= j: only strictly smaller keys.
@@ -167,20 +169,21 @@ def cell_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor) -> Tens
     (the others' cells are empty). Only one run can occur: the valid tokens whose score is
     exactly 0 (CDF 0). Every positive S_(r+1) is at least CDF_r / N (ascending order), far above
     CDF_r's rounding step for N < 2**24, so it always raises the CDF. ``stable_order`` puts the
-    run's lowest index, the token the nearest-point rule picks, at that last position. Invalid
-    tokens sit at 2 * _FAR, beyond every point.
+    run's lowest index, the token the nearest-point rule picks, at that last position.
+    ``cdf`` must lie beyond every point at invalid tokens (``stable_order``'s CDF and the official
+    scheme's normalised one do): they then sort last and their cells hold no point.
 
     Decisions equal ``nearest_picks`` except where a point is within float rounding of a midpoint
     (a decision margin of about 1e-7): such near-ties may go either way (docs/design.md,
     "Tie bands"). This is what the exported graph and the C++ core run.
     """
     order = rank.to(torch.int64)
-    far = torch.where(valid, cdf, 2.0 * _FAR)
-    c = far.scatter(-1, order, far)  # [B, N] ascending; a permutation writes every position
+    c = cdf.scatter(-1, order, cdf)  # [B, N] ascending; a permutation writes every position
     mid, step, last = _neighbour_matrices(c.shape[-1], cdf.dtype, cdf.device)
-    # Upper cell bounds; the last one is above every point and every invalid value.
+    # Upper cell bounds; the last one is above every point.
     upper = torch.matmul(c, mid) + last * (4.0 * _FAR)
-    below = (points.unsqueeze(-1) <= upper.unsqueeze(-2)).to(cdf.dtype).sum(dim=-2)  # [B, N]
+    # Points at or below each bound: [B, N, K], summed over its last (contiguous) axis.
+    below = (points.unsqueeze(-2) <= upper.unsqueeze(-1)).to(cdf.dtype).sum(dim=-1)  # [B, N]
     in_cell = torch.matmul(below, step)  # points in each cell (exact counts)
     # The gather stays in float, as the counts are.
     return (torch.gather(in_cell, -1, order) > 0) & valid
