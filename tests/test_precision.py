@@ -80,9 +80,10 @@ def test_island_is_found_by_its_scope(tiny_exports) -> None:
     # picking-only operators (comparisons against midpoints, the rank scatter and gathers)
     for op in ("LessOrEqual", "ScatterElements", "GatherElements"):
         assert by_op[op] == sum(n.op_type == op for n in model.graph.node), op
-    # learned weights, not the island's own 0/1 constants (the triangular "earlier" matrices)
+    # learned weights, not the island's own constants: the triangular 0/1 "earlier" matrices and
+    # the neighbour matrices of the cell rule (entries 0, 1/2, 1 and -1)
     weights = {t.name for t in model.graph.initializer
-               if len(t.dims) == 2 and not np.isin(onnx.numpy_helper.to_array(t), (0, 1)).all()}
+               if len(t.dims) == 2 and not np.isin(onnx.numpy_helper.to_array(t), (0, 0.5, 1, -1)).all()}
     assert len(weights) >= 4 * 4  # qkv, proj, fc1, fc2 of every block at least
     assert not any(i in weights for n in island for i in nodes[n].input if nodes[n].op_type == "MatMul")
     assert not any(nodes[n].op_type in ("LayerNormalization", "Conv", "Erf") for n in island)

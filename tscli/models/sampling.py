@@ -44,7 +44,7 @@ def normalise_scores(scores: Tensor, valid: Tensor) -> Tensor:
 
 
 def stable_order(s: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """Sorted position (rank) of each valid token in ascending order of ``s``, and its CDF value.
+    """Sorted position (rank) of each token in ascending order of ``s``, and its CDF value.
 
     The order is the stable one (equal scores by index), except for the valid tokens whose score
     is exactly 0, which sort first in *descending* index order. They are the only run of equal CDF
@@ -143,7 +143,7 @@ def nearest_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor,
 def _neighbour_matrices(n, dtype: torch.dtype, device) -> tuple[Tensor, Tensor, Tensor]:
     """[N, N] matrices that combine neighbouring sorted positions in one MatMul each (a Slice,
     Slice, Pad chain at every stage otherwise): ``c @ mid`` is (c[r] + c[r+1]) / 2, 0 at the last
-    position; ``counts @ step`` is counts[r] - counts[r-1] (counts[0] at r = 0); ``top`` is 1 at
+    position; ``counts @ step`` is counts[r] - counts[r-1] (counts[0] at r = 0); ``last`` is 1 at
     the last position only. Each output sums two exact products (halves, or +-1 times integers)
     and zeros, so it is rounded once, as the elementwise form is. They depend on N only, so an
     exported graph computes them once for all stages of the same width."""
