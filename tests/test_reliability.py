@@ -84,8 +84,12 @@ def test_failed_parity_exits_1(tiny_exports, tmp_path):
 
 def _start_export(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / "m.onnx"
+    # A suite started as a background job (`cmd &` in a script) inherits SIGINT ignored, and so would
+    # the export (Python then leaves it ignored): give the child the default disposition, as a
+    # terminal's foreground process has.
     proc = subprocess.Popen([sys.executable, "-m", "tscli.cli", "export", "deit_t_ats", "--max-k", "32", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 900  # a loaded 2-core machine is slow to get there
     while not any(p.name.startswith(".m.onnx.") for p in tmp_path.iterdir()):  # the file is being written/checked
         assert proc.poll() is None, proc.communicate()
