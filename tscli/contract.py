@@ -36,6 +36,9 @@ OUTPUT_MERGE_SLOTS = "merge_slots"
 # Model families. ``family`` in the metadata decides how every tool treats a file.
 FAMILY_ATS = "ats"
 FAMILY_DENSE = "dense"
+FAMILY_TOME = "tome"  # token merging (ToMe): r tokens merged per block, r fixed at export
+SEG_FAMILIES = ("dovit", "seg")  # segmentation: DoViT and its dense SETR baseline
+
 # How bench/compare reference graphs are built (stamped as bench_graph_form): a cached graph of
 # another form is exported again. 2: timm modules, TorchScript exporter, fusable GELU/attention.
 BENCH_GRAPH_FORM = 2
@@ -44,8 +47,7 @@ BENCH_GRAPH_FORM = 2
 def is_current_reference(meta: dict, graph: str) -> bool:
     """A cached bench/compare reference graph (``graph``: dense | ideal) built the current way."""
     return meta.get("bench_graph") == graph and meta.get("bench_graph_form") == BENCH_GRAPH_FORM
-FAMILY_TOME = "tome"  # token merging (ToMe): r tokens merged per block, r fixed at export
-SEG_FAMILIES = ("dovit", "seg")  # segmentation: DoViT and its dense SETR baseline
+
 
 # ATS sampling schemes (docs/design.md, ATS step 4). The position is the scheme's code in the
 # plugin's int attribute and in ats_sampling_core.h's enum.

@@ -118,10 +118,10 @@ def nearest_picks(points: Tensor, cdf: Tensor, rank: Tensor, valid: Tensor,
     """Keep mask [B, N] of the tokens nearest to any point, and each image's smallest margin [B].
 
     For each point, the nearest valid CDF value wins; among exactly equal distances the lowest
-    sorted position (rank) wins. The margin is the gap to the second-nearest position: decisions
-    with a margin below ~1e-6 may legitimately flip between float implementations.
-    The [B, K, N] work is kept to few ops (it runs at every stage of the exported graph): the
-    validity mask is applied on [B, N] tensors, and broadcasting replaces explicit expands.
+    position in the stable order wins (``stable_position``). The margin is the gap to the
+    second-nearest position: decisions with a margin below ~1e-6 may legitimately flip between
+    float implementations. The literal rule: reference runs (margins) and tests use it; the
+    exported graph runs ``cell_picks``.
     """
     # Invalid tokens sit far beyond [0, 1], so they are never nearest (distance >= 2 * _FAR - 1).
     cdf = torch.where(valid, cdf, torch.full_like(cdf, 2.0 * _FAR))
