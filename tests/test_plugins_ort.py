@@ -248,6 +248,13 @@ def test_run_bench_and_parity_take_the_library(tiny_exports, ort_ops_library, tm
     report = bench(plugin, ks=[8], batches=[1], runs=1, warmup=0, baseline=tiny_exports["dense"],
                    plugins=ort_ops_library)
     assert report["form"] == "plugin" and report["plugins"] == ort_ops_library
+    # The CLI says when a plugin-form file was timed on its standard-op bodies, and only then.
+    timed = {lib: tscli("bench", plugin, "--k", "8", "--batch", "1", "--runs", "1", "--warmup", "0",
+                        "--baseline", tiny_exports["dense"], *(["--plugins", lib] if lib else []))
+             for lib in (None, ort_ops_library)}
+    assert all(r.returncode == 0 for r in timed.values()), [r.stderr for r in timed.values()]
+    assert "timed without --plugins" in " ".join(timed[None].stdout.split())
+    assert "timed without --plugins" not in " ".join(timed[ort_ops_library].stdout.split())
     assert _open(plugin, 1, "ats", ort_ops_library).session(8).plugins == ort_ops_library
 
     parity = tscli("parity", plugin, "--n", "2", "--k", "8", "--json", "--plugins", ort_ops_library)

@@ -117,6 +117,13 @@ def _print_bench(report: dict) -> None:
                   fmt(r["speedup_vs_dense"], ".2f") + ("x" if d else ""), fmt(i and i["median_ms"], ".1f"),
                   fmt(r["ideal_speedup_vs_dense"], ".2f"), fmt(r["fraction_of_ideal"], ".3f"), *more)
     out.print(t, width=max(out.width, 150))  # 11-13 columns: do not wrap them in a narrow pipe
+    if report.get("form") == "plugin" and not report.get("plugins"):
+        # Timed without the op library, ORT ran each ATSSample node's standard-operator body, which
+        # has more nodes than the plain form's picking: 0.90 of the bound at batch 1 against the
+        # plain form's 0.94 (measured, docs/design.md "Graph speed"). Say so under the numbers.
+        out.print("note: plugin-form file timed without --plugins: ONNX Runtime ran the sampling nodes' "
+                  "standard-operator bodies (slower than the plain form at batch 1); give --plugins LIB "
+                  "(`python -m tscli.plugins.ort_ops` builds LIB) to time the native op")
 
 
 def _print_seg_bench(report: dict) -> None:
