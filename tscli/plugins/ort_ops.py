@@ -1,7 +1,8 @@
 """The native ONNX Runtime op library (csrc/ats_ort_ops.cpp): tscli.ATSSample on the CPU.
 
-With it, a plugin-form file runs in ONNX Runtime with one op per sampling step instead of the
-~40 standard operators of its body (the plain form, or the function ORT inlines without it).
+With it, a plugin-form file runs in ONNX Runtime with one op per sampling step instead of its
+standard-operator body (the function ORT inlines without it: more nodes than the plain form's
+~40, as the op also returns slot indices).
 It is compiled on first use like the CPU core (core.compile_library), against ONNX Runtime's C
 API headers, which the onnxruntime wheel does not ship. They are taken from, in this order:
 
